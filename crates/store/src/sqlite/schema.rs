@@ -1,0 +1,90 @@
+//! Versioned schema migrations, applied at open. A database written by a
+//! newer build is refused rather than guessed at.
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// Migrations in order; `user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE agents (
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    spec        TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+) WITHOUT ROWID;
+
+CREATE TABLE sessions (
+    id                TEXT PRIMARY KEY,
+    agent             TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    created_ms        INTEGER NOT NULL,
+    summary           TEXT NOT NULL,
+    last_seq          INTEGER NOT NULL,
+    last_hash         TEXT NOT NULL,
+    lease_holder      TEXT,
+    lease_token       INTEGER NOT NULL DEFAULT 0,
+    lease_expires_ms  INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX sessions_by_agent ON sessions (agent, id);
+CREATE INDEX sessions_by_status ON sessions (status, id);
+
+CREATE TABLE events (
+    session_id  TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    body        TEXT NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE turns (
+    session_id       TEXT NOT NULL,
+    turn_id          TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    idempotency_key  TEXT,
+    submitted_seq    INTEGER NOT NULL,
+    summary          TEXT NOT NULL,
+    PRIMARY KEY (session_id, turn_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX turns_by_key ON turns (session_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX turns_unfinished ON turns (status, session_id, submitted_seq) WHERE status IN ('queued', 'running');
+
+CREATE TABLE kv (
+    session_id  TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (session_id, key)
+) WITHOUT ROWID;
+"#];
+
+/// Brings the schema up to date.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute_batch(sql).map_err(db)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(db)?;
+        tx.commit().map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Connection settings shared by the writer and the readers.
+pub fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+    // FULL: every commit is fsync'd, so an acknowledged append survives a
+    // power loss, not just a process crash.
+    conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+    conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
+    Ok(())
+}
+
+pub(crate) fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}

@@ -1,0 +1,174 @@
+//! Store tests against real SQLite files.
+
+use agentrt_types::event::verify_chain;
+use agentrt_types::spec::SpecFormat;
+use agentrt_types::{AgentSpec, EventData, SessionId, SessionStatus, TurnId, TurnStatus};
+use serde_json::json;
+
+use super::SqliteStore;
+use crate::{AppendRequest, Fence, NewSession, Precondition, SessionFilter, Store, StoreError};
+
+fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("agentrt.db")).unwrap();
+    (dir, store)
+}
+
+async fn session(store: &SqliteStore) -> SessionId {
+    let id = SessionId::generate();
+    store
+        .create_session(NewSession { id: id.clone(), agent: "a".into(), agent_version: 1, metadata: json!({}) })
+        .await
+        .unwrap();
+    id
+}
+
+fn submit(turn: &TurnId, key: Option<&str>) -> agentrt_types::NewEvent {
+    EventData::TurnSubmitted { turn_id: turn.clone(), input: "hi".into(), idempotency_key: key.map(Into::into) }.into()
+}
+
+fn client(id: &SessionId, events: Vec<agentrt_types::NewEvent>) -> AppendRequest {
+    AppendRequest { session_id: id.clone(), fence: Fence::Client, precondition: None, events }
+}
+
+#[tokio::test]
+async fn agent_versions_are_immutable_and_numbered() {
+    let (_d, store) = open();
+    let spec = AgentSpec::parse("[model]\nprovider = \"scripted\"", SpecFormat::Toml).unwrap();
+    assert_eq!(store.put_agent("x", &spec).await.unwrap().version, 1);
+    assert_eq!(store.put_agent("x", &spec).await.unwrap().version, 2);
+    assert_eq!(store.get_agent("x", None).await.unwrap().unwrap().version, 2);
+    assert_eq!(store.get_agent("x", Some(1)).await.unwrap().unwrap().version, 1);
+    assert!(store.get_agent("x", Some(3)).await.unwrap().is_none());
+    let list = store.list_agents().await.unwrap();
+    assert_eq!((list.len(), list[0].latest_version), (1, 2));
+}
+
+#[tokio::test]
+async fn appends_chain_and_fold_into_summaries() {
+    let (_d, store) = open();
+    let id = session(&store).await;
+    let turn = TurnId::generate();
+    let events = store.append(client(&id, vec![submit(&turn, Some("k1"))])).await.unwrap();
+    assert_eq!(events[0].seq(), 2);
+    let s = store.get_session(&id).await.unwrap().unwrap();
+    assert_eq!((s.status, s.turn_count, s.queued_turns), (SessionStatus::Running, 1, 1));
+    assert_eq!(store.unfinished_turns(&id).await.unwrap().len(), 1);
+    assert_eq!(store.sessions_with_unfinished_turns().await.unwrap(), vec![id.clone()]);
+    assert_eq!(verify_chain(store.read_records(&id).await.unwrap()), Ok(2));
+    let read = store.read_events(&id, 1, 10).await.unwrap();
+    assert_eq!(read, events);
+}
+
+#[tokio::test]
+async fn duplicate_idempotency_key_names_the_first_turn_and_writes_nothing() {
+    let (_d, store) = open();
+    let id = session(&store).await;
+    let first = TurnId::generate();
+    store.append(client(&id, vec![submit(&first, Some("k"))])).await.unwrap();
+    let err = store.append(client(&id, vec![submit(&TurnId::generate(), Some("k"))])).await.unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateIdempotencyKey(t) if t == first));
+    assert_eq!(store.get_session(&id).await.unwrap().unwrap().last_seq, 2);
+}
+
+#[tokio::test]
+async fn stale_fencing_token_is_rejected() {
+    let (_d, store) = open();
+    let id = session(&store).await;
+    let old = store.acquire_lease(&id, "node-a", 60_000, false).await.unwrap().unwrap();
+    assert_eq!(store.acquire_lease(&id, "node-b", 60_000, false).await.unwrap(), None);
+    let new = store.acquire_lease(&id, "node-b", 60_000, true).await.unwrap().unwrap();
+    assert!(new > old);
+    let turn = TurnId::generate();
+    store.append(client(&id, vec![submit(&turn, None)])).await.unwrap();
+    let started = |holder: &str, token| AppendRequest {
+        session_id: id.clone(),
+        fence: Fence::Lease { holder: holder.into(), token },
+        precondition: Some(Precondition::TurnStatus(turn.clone(), TurnStatus::Queued)),
+        events: vec![EventData::TurnStarted { turn_id: turn.clone(), agent_version: 1, executor: holder.into() }.into()],
+    };
+    let err = store.append(started("node-a", old)).await.unwrap_err();
+    assert!(matches!(err, StoreError::StaleFence { .. }), "{err}");
+    store.append(started("node-b", new)).await.unwrap();
+    // The precondition now fails: the turn is running.
+    let err = store.append(started("node-b", new)).await.unwrap_err();
+    assert!(matches!(err, StoreError::PreconditionFailed(_)), "{err}");
+}
+
+#[tokio::test]
+async fn terminated_session_refuses_client_input() {
+    let (_d, store) = open();
+    let id = session(&store).await;
+    store.append(client(&id, vec![EventData::SessionTerminated { reason: "done".into() }.into()])).await.unwrap();
+    let err = store.append(client(&id, vec![submit(&TurnId::generate(), None)])).await.unwrap_err();
+    assert!(matches!(err, StoreError::SessionTerminated(_)));
+}
+
+#[tokio::test]
+async fn list_sessions_pages_newest_first_with_filters() {
+    let (_d, store) = open();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(session(&store).await);
+    }
+    let page1 = store.list_sessions(&SessionFilter { limit: 3, ..Default::default() }).await.unwrap();
+    let got: Vec<_> = page1.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(got, vec![ids[4].clone(), ids[3].clone(), ids[2].clone()]);
+    let page2 = store
+        .list_sessions(&SessionFilter { limit: 3, before: Some(ids[2].clone()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(page2.len(), 2);
+    let none = store
+        .list_sessions(&SessionFilter { limit: 3, agent: Some("other".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_appends_group_commit_without_losing_any() {
+    let (_d, store) = open();
+    let store = std::sync::Arc::new(store);
+    let ids: Vec<SessionId> = {
+        let mut v = Vec::new();
+        for _ in 0..20 {
+            v.push(session(&store).await);
+        }
+        v
+    };
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                store.append(client(&id, vec![submit(&TurnId::generate(), None)])).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for id in ids {
+        assert_eq!(verify_chain(store.read_records(&id).await.unwrap()), Ok(26));
+    }
+}
+
+#[tokio::test]
+async fn reopening_keeps_everything_and_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agentrt.db");
+    let id = {
+        let store = SqliteStore::open(&path).unwrap();
+        let id = session(&store).await;
+        store.kv_set(&id, "k", &json!({"v": 1})).await.unwrap();
+        id
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.kv_get(&id, "k").await.unwrap(), Some(json!({"v": 1})));
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    assert!(matches!(SqliteStore::open(&path), Err(StoreError::SchemaTooNew { found: 99, .. })));
+}

@@ -1,0 +1,350 @@
+//! The session log's event schema and its hash chain.
+//!
+//! Every session has one append-only log numbered 1, 2, 3, … An event is
+//! stored as its canonical JSON body (everything but the hashes); its hash is
+//! `sha256(prev_hash_hex ‖ "\n" ‖ body)`, so any edit to a stored body or a
+//! reordering breaks the chain at that event.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::ids::{SessionId, TurnId};
+use crate::message::ToolCall;
+
+/// Version of the event schema written by this build.
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+
+/// The hash that precedes a session's first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Token usage of one model call, or a sum of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    /// Adds another usage to this one.
+    pub fn add(&mut self, other: Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+    }
+}
+
+/// How a tool call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The tool ran and returned a result.
+    Ok,
+    /// The tool ran (or was refused) and returned an error.
+    Error,
+    /// The call may or may not have taken effect: its intent was journaled but
+    /// the runtime stopped before its result was, and it is not safe to repeat.
+    Unknown,
+}
+
+/// The typed payload of an event; `type` names it on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum EventData {
+    #[serde(rename = "session.created")]
+    SessionCreated { agent: String, agent_version: u32, metadata: Value },
+    #[serde(rename = "session.terminated")]
+    SessionTerminated { reason: String },
+    /// A client's input was accepted; the turn is queued.
+    #[serde(rename = "turn.submitted")]
+    TurnSubmitted {
+        turn_id: TurnId,
+        input: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+    },
+    #[serde(rename = "turn.started")]
+    TurnStarted { turn_id: TurnId, agent_version: u32, executor: String },
+    /// An executor picked up an unfinished turn after a restart or takeover.
+    #[serde(rename = "turn.resumed")]
+    TurnResumed { turn_id: TurnId, executor: String },
+    #[serde(rename = "turn.cancel_requested")]
+    TurnCancelRequested { turn_id: TurnId, reason: String },
+    /// Intent of a model call.
+    #[serde(rename = "model.requested")]
+    ModelRequested { turn_id: TurnId, step: u32, provider: String, model: String },
+    /// Result of a model call.
+    #[serde(rename = "model.completed")]
+    ModelCompleted {
+        turn_id: TurnId,
+        step: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCall>,
+        usage: Usage,
+        latency_us: u64,
+    },
+    #[serde(rename = "model.failed")]
+    ModelFailed { turn_id: TurnId, step: u32, error: String, latency_us: u64 },
+    /// Intent of a tool call.
+    #[serde(rename = "tool.requested")]
+    ToolRequested {
+        turn_id: TurnId,
+        step: u32,
+        call_id: String,
+        tool: String,
+        arguments: Value,
+        idempotent: bool,
+        idempotency_key: String,
+    },
+    /// Result of a tool call.
+    #[serde(rename = "tool.completed")]
+    ToolCompleted {
+        turn_id: TurnId,
+        step: u32,
+        call_id: String,
+        tool: String,
+        outcome: Outcome,
+        output: Value,
+        latency_us: u64,
+        attempts: u32,
+    },
+    /// Assistant output shown to the user.
+    #[serde(rename = "message")]
+    Message { turn_id: TurnId, content: String },
+    #[serde(rename = "turn.completed")]
+    TurnCompleted { turn_id: TurnId, output: String, usage: Usage, steps: u32 },
+    #[serde(rename = "turn.failed")]
+    TurnFailed { turn_id: TurnId, code: String, message: String, usage: Usage, steps: u32 },
+    #[serde(rename = "turn.cancelled")]
+    TurnCancelled { turn_id: TurnId, reason: String },
+}
+
+impl EventData {
+    /// The wire name of this event type, e.g. `tool.completed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventData::SessionCreated { .. } => "session.created",
+            EventData::SessionTerminated { .. } => "session.terminated",
+            EventData::TurnSubmitted { .. } => "turn.submitted",
+            EventData::TurnStarted { .. } => "turn.started",
+            EventData::TurnResumed { .. } => "turn.resumed",
+            EventData::TurnCancelRequested { .. } => "turn.cancel_requested",
+            EventData::ModelRequested { .. } => "model.requested",
+            EventData::ModelCompleted { .. } => "model.completed",
+            EventData::ModelFailed { .. } => "model.failed",
+            EventData::ToolRequested { .. } => "tool.requested",
+            EventData::ToolCompleted { .. } => "tool.completed",
+            EventData::Message { .. } => "message",
+            EventData::TurnCompleted { .. } => "turn.completed",
+            EventData::TurnFailed { .. } => "turn.failed",
+            EventData::TurnCancelled { .. } => "turn.cancelled",
+        }
+    }
+
+    /// The turn this event belongs to, if any.
+    pub fn turn_id(&self) -> Option<&TurnId> {
+        match self {
+            EventData::SessionCreated { .. } | EventData::SessionTerminated { .. } => None,
+            EventData::TurnSubmitted { turn_id, .. }
+            | EventData::TurnStarted { turn_id, .. }
+            | EventData::TurnResumed { turn_id, .. }
+            | EventData::TurnCancelRequested { turn_id, .. }
+            | EventData::ModelRequested { turn_id, .. }
+            | EventData::ModelCompleted { turn_id, .. }
+            | EventData::ModelFailed { turn_id, .. }
+            | EventData::ToolRequested { turn_id, .. }
+            | EventData::ToolCompleted { turn_id, .. }
+            | EventData::Message { turn_id, .. }
+            | EventData::TurnCompleted { turn_id, .. }
+            | EventData::TurnFailed { turn_id, .. }
+            | EventData::TurnCancelled { turn_id, .. } => Some(turn_id),
+        }
+    }
+
+    /// Whether this event ends its turn.
+    pub fn ends_turn(&self) -> bool {
+        matches!(
+            self,
+            EventData::TurnCompleted { .. } | EventData::TurnFailed { .. } | EventData::TurnCancelled { .. }
+        )
+    }
+}
+
+/// An event a writer asks the store to append; the store assigns the rest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub data: EventData,
+}
+
+impl From<EventData> for NewEvent {
+    fn from(data: EventData) -> Self {
+        NewEvent { data }
+    }
+}
+
+/// The body of an event: what is hashed and stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventBody {
+    /// Schema version.
+    pub v: u32,
+    pub seq: u64,
+    pub session_id: SessionId,
+    /// Unix milliseconds when the event was appended.
+    pub ts: i64,
+    #[serde(flatten)]
+    pub data: EventData,
+}
+
+/// An event as stored and served: body plus hash chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(flatten)]
+    pub body: EventBody,
+    /// Hash of the previous event of the session (hex).
+    pub prev_hash: String,
+    /// Hash of this event (hex).
+    pub hash: String,
+}
+
+impl Event {
+    /// Seals a body onto the chain after `prev_hash`, returning the event and
+    /// the canonical body text that must be stored verbatim.
+    pub fn seal(body: EventBody, prev_hash: &str) -> (Event, String) {
+        let text = serde_json::to_string(&body).expect("event bodies always serialize");
+        let hash = chain_hash(prev_hash, &text);
+        (Event { body, prev_hash: prev_hash.to_owned(), hash }, text)
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.body.seq
+    }
+}
+
+/// `sha256(prev_hash ‖ "\n" ‖ body_text)` as lowercase hex.
+pub fn chain_hash(prev_hash: &str, body_text: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(body_text.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// One stored event row as verification sees it.
+#[derive(Clone, Debug)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub body_text: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Why a chain does not verify, naming the first bad event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("event {seq}: expected seq {expected} (events missing or reordered)")]
+    Gap { seq: u64, expected: u64 },
+    #[error("event {seq}: prev_hash does not match the hash of event {prev}")]
+    BrokenLink { seq: u64, prev: u64 },
+    #[error("event {seq}: content does not match its hash (event was modified)")]
+    Tampered { seq: u64 },
+    #[error("event {seq}: body does not parse as an event or names another seq")]
+    Malformed { seq: u64 },
+}
+
+/// Verifies a session's chain from its first event; returns the number of
+/// events checked or the first broken event.
+pub fn verify_chain(records: impl IntoIterator<Item = StoredRecord>) -> Result<u64, ChainError> {
+    let mut prev_hash = GENESIS_HASH.to_owned();
+    let mut expected = 1u64;
+    for r in records {
+        if r.seq != expected {
+            return Err(ChainError::Gap { seq: r.seq, expected });
+        }
+        if r.prev_hash != prev_hash {
+            return Err(ChainError::BrokenLink { seq: r.seq, prev: r.seq - 1 });
+        }
+        if chain_hash(&r.prev_hash, &r.body_text) != r.hash {
+            return Err(ChainError::Tampered { seq: r.seq });
+        }
+        match serde_json::from_str::<EventBody>(&r.body_text) {
+            Ok(body) if body.seq == r.seq => {}
+            _ => return Err(ChainError::Malformed { seq: r.seq }),
+        }
+        prev_hash = r.hash;
+        expected += 1;
+    }
+    Ok(expected - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<StoredRecord> {
+        let session_id = SessionId::generate();
+        let mut prev = GENESIS_HASH.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let body = EventBody {
+                    v: EVENT_SCHEMA_VERSION,
+                    seq,
+                    session_id: session_id.clone(),
+                    ts: 1_700_000_000_000,
+                    data: EventData::SessionTerminated { reason: format!("r{seq}") },
+                };
+                let (event, text) = Event::seal(body, &prev);
+                prev = event.hash.clone();
+                StoredRecord { seq, body_text: text, prev_hash: event.prev_hash, hash: event.hash }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        assert_eq!(verify_chain(chain(5)), Ok(5));
+    }
+
+    #[test]
+    fn edited_body_is_named() {
+        let mut c = chain(5);
+        c[2].body_text = c[2].body_text.replace("r3", "rX");
+        assert_eq!(verify_chain(c), Err(ChainError::Tampered { seq: 3 }));
+    }
+
+    #[test]
+    fn rehashed_edit_breaks_the_next_link() {
+        let mut c = chain(5);
+        c[2].body_text = c[2].body_text.replace("r3", "rX");
+        c[2].hash = chain_hash(&c[2].prev_hash, &c[2].body_text);
+        assert_eq!(verify_chain(c), Err(ChainError::BrokenLink { seq: 4, prev: 3 }));
+    }
+
+    #[test]
+    fn deleted_event_is_a_gap() {
+        let mut c = chain(5);
+        c.remove(1);
+        assert_eq!(verify_chain(c), Err(ChainError::Gap { seq: 3, expected: 2 }));
+    }
+
+    #[test]
+    fn event_json_shape() {
+        let body = EventBody {
+            v: 1,
+            seq: 7,
+            session_id: SessionId::parse("ses_0190000000007000800000000000000a").unwrap(),
+            ts: 1_700_000_000_000,
+            data: EventData::ToolRequested {
+                turn_id: TurnId::parse("turn_0190000000007000800000000000000b").unwrap(),
+                step: 2,
+                call_id: "call_1".into(),
+                tool: "kv.set".into(),
+                arguments: serde_json::json!({"key": "a", "value": "b"}),
+                idempotent: true,
+                idempotency_key: "k".into(),
+            },
+        };
+        let (event, _) = Event::seal(body, GENESIS_HASH);
+        insta::assert_json_snapshot!(event);
+    }
+}

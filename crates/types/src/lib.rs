@@ -1,0 +1,16 @@
+//! Domain types shared by every agentrt crate: ids, agent specs, the
+//! session event schema, conversation messages and the folds that derive a
+//! session's state from its log. This crate does no I/O.
+
+pub mod event;
+pub mod ids;
+pub mod message;
+pub mod spec;
+pub mod state;
+pub mod time;
+
+pub use event::{Event, EventData, NewEvent, Outcome, Usage, EVENT_SCHEMA_VERSION};
+pub use ids::{SessionId, TurnId};
+pub use message::{Message, ToolCall, ToolDef};
+pub use spec::{AgentSpec, SpecError};
+pub use state::{SessionStatus, SessionSummary, TurnStatus, TurnSummary};

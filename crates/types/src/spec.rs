@@ -1,0 +1,371 @@
+//! Agent specs: what an agent is (model, instructions, tools, limits), as
+//! registered with `PUT /v1/agents/{name}` in TOML or JSON. Versions are
+//! immutable; validation reports the path of every bad field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Built-in tools every agent may use.
+pub const BUILTIN_TOOLS: &[&str] = &["clock.now", "kv.get", "kv.set", "echo"];
+
+/// Model providers this build knows.
+pub const PROVIDERS: &[&str] = &["scripted", "openai", "anthropic"];
+
+/// Upper bound on `limits.max_steps`.
+pub const MAX_STEPS_CAP: u32 = 10_000;
+
+/// A registered agent's definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// One line for humans.
+    #[serde(default)]
+    pub description: String,
+    /// System instructions given to the model.
+    #[serde(default)]
+    pub instructions: String,
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub tools: ToolsSpec,
+}
+
+/// Which model answers, and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// `scripted`, `openai` or `anthropic`.
+    pub provider: String,
+    /// Provider model name (required for `openai` and `anthropic`).
+    #[serde(default)]
+    pub model: String,
+    /// Base URL of an API-compatible endpoint; the provider's own by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Environment variable holding the API key (keys never live in specs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Use the provider's streaming API.
+    #[serde(default)]
+    pub stream: bool,
+    /// Replies of the `scripted` provider, in order; empty = the default script.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub script: Vec<ScriptStep>,
+}
+
+/// One scripted model reply. `{input}` in text is replaced by the turn's
+/// input and `{tool_results}` by the results of the previous tool calls.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptStep {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ScriptToolCall>,
+    /// How many consecutive replies this step stands for.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub repeat: u32,
+}
+
+/// A tool call inside a scripted reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptToolCall {
+    pub name: String,
+    #[serde(default = "empty_object")]
+    pub arguments: Value,
+}
+
+/// Stop conditions of a turn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Model and tool calls allowed in one turn.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+    /// Wall-clock seconds allowed for one turn.
+    #[serde(default = "default_max_turn_seconds")]
+    pub max_turn_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_steps: default_max_steps(), max_turn_seconds: default_max_turn_seconds() }
+    }
+}
+
+/// Tools the agent may call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSpec {
+    /// Built-in tools to offer; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<Vec<String>>,
+    /// HTTP tools: each call POSTs its arguments as JSON to a URL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpToolSpec>,
+}
+
+impl ToolsSpec {
+    /// The built-in tools this spec enables.
+    pub fn enabled_builtins(&self) -> Vec<String> {
+        match &self.builtin {
+            Some(list) => list.clone(),
+            None => BUILTIN_TOOLS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// A tool implemented by an HTTP endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpToolSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub url: String,
+    /// Safe to repeat with the same `Idempotency-Key` after a crash.
+    #[serde(default)]
+    pub idempotent: bool,
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_seconds: u64,
+    /// JSON Schema of the arguments object.
+    #[serde(default = "object_schema")]
+    pub input_schema: Value,
+    /// Extra request headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+fn object_schema() -> Value {
+    serde_json::json!({"type": "object"})
+}
+fn default_max_steps() -> u32 {
+    32
+}
+fn default_max_turn_seconds() -> u64 {
+    300
+}
+fn default_tool_timeout() -> u64 {
+    30
+}
+
+/// Format of a submitted spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecFormat {
+    Json,
+    Toml,
+}
+
+/// One bad field: where it is and what to fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Why a spec was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.errors.iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+        write!(f, "invalid agent spec: {}", parts.join("; "))
+    }
+}
+
+impl SpecError {
+    fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError { errors: vec![FieldError { path: path.into(), message: message.into() }] }
+    }
+}
+
+impl AgentSpec {
+    /// Parses and validates a spec.
+    pub fn parse(text: &str, format: SpecFormat) -> Result<AgentSpec, SpecError> {
+        let spec: AgentSpec = match format {
+            SpecFormat::Json => {
+                let de = &mut serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    SpecError::one(display_path(&e.path().to_string()), e.inner().to_string())
+                })?
+            }
+            SpecFormat::Toml => {
+                let de = toml::Deserializer::parse(text)
+                    .map_err(|e| SpecError::one("$", e.message().to_string()))?;
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    SpecError::one(display_path(&e.path().to_string()), e.inner().message().to_string())
+                })?
+            }
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks the rules serde cannot express; reports every bad field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut errors = Vec::new();
+        let mut bad = |path: String, message: String| errors.push(FieldError { path, message });
+        let m = &self.model;
+        if !PROVIDERS.contains(&m.provider.as_str()) {
+            bad("model.provider".into(), format!("unknown provider {:?}; use one of {}", m.provider, PROVIDERS.join(", ")));
+        }
+        if m.provider != "scripted" && m.model.trim().is_empty() {
+            bad("model.model".into(), format!("provider {:?} needs a model name", m.provider));
+        }
+        if m.provider != "scripted" && !m.script.is_empty() {
+            bad("model.script".into(), "a script is only used by the scripted provider".into());
+        }
+        if let Some(url) = &m.base_url {
+            if !is_http_url(url) {
+                bad("model.base_url".into(), "must be an http:// or https:// URL".into());
+            }
+        }
+        if let Some(t) = m.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                bad("model.temperature".into(), "must be between 0 and 2".into());
+            }
+        }
+        if self.limits.max_steps == 0 || self.limits.max_steps > MAX_STEPS_CAP {
+            bad("limits.max_steps".into(), format!("must be between 1 and {MAX_STEPS_CAP}"));
+        }
+        if self.limits.max_turn_seconds == 0 {
+            bad("limits.max_turn_seconds".into(), "must be at least 1".into());
+        }
+        let builtins = self.tools.enabled_builtins();
+        for (i, name) in builtins.iter().enumerate() {
+            if !BUILTIN_TOOLS.contains(&name.as_str()) {
+                bad(format!("tools.builtin[{i}]"), format!("unknown built-in tool {name:?}; use one of {}", BUILTIN_TOOLS.join(", ")));
+            }
+        }
+        let mut names: Vec<&str> = builtins.iter().map(String::as_str).collect();
+        for (i, t) in self.tools.http.iter().enumerate() {
+            let p = format!("tools.http[{i}]");
+            if !is_tool_name(&t.name) {
+                bad(format!("{p}.name"), "use lowercase letters, digits, '_' and '.' (e.g. \"orders.create\"), at most 64 characters".into());
+            } else if names.contains(&t.name.as_str()) || BUILTIN_TOOLS.contains(&t.name.as_str()) {
+                bad(format!("{p}.name"), format!("tool name {:?} is already used", t.name));
+            }
+            names.push(&t.name);
+            if !is_http_url(&t.url) {
+                bad(format!("{p}.url"), "must be an http:// or https:// URL".into());
+            }
+            if t.timeout_seconds == 0 || t.timeout_seconds > 3600 {
+                bad(format!("{p}.timeout_seconds"), "must be between 1 and 3600".into());
+            }
+            if !t.input_schema.is_object() {
+                bad(format!("{p}.input_schema"), "must be a JSON Schema object".into());
+            }
+        }
+        for (i, step) in m.script.iter().enumerate() {
+            let p = format!("model.script[{i}]");
+            if step.text.is_none() && step.tool_calls.is_empty() {
+                bad(p.clone(), "give text, tool_calls, or both".into());
+            }
+            if step.repeat == 0 {
+                bad(format!("{p}.repeat"), "must be at least 1".into());
+            }
+            for (j, call) in step.tool_calls.iter().enumerate() {
+                if !names.contains(&call.name.as_str()) {
+                    bad(format!("{p}.tool_calls[{j}].name"), format!("tool {:?} is not enabled for this agent", call.name));
+                }
+                if !call.arguments.is_object() {
+                    bad(format!("{p}.tool_calls[{j}].arguments"), "must be an object".into());
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(SpecError { errors }) }
+    }
+}
+
+/// Whether `name` is a valid agent or tool name.
+pub fn is_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+/// Whether `name` is a valid agent name: lowercase letters, digits, `-`, `_`.
+pub fn is_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn is_http_url(url: &str) -> bool {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/'))
+}
+
+fn display_path(path: &str) -> String {
+    if path.is_empty() || path == "." { "$".into() } else { path.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_toml_spec_parses_with_defaults() {
+        let spec = AgentSpec::parse("[model]\nprovider = \"scripted\"\n", SpecFormat::Toml).unwrap();
+        assert_eq!(spec.limits.max_steps, 32);
+        assert_eq!(spec.tools.enabled_builtins().len(), BUILTIN_TOOLS.len());
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let err = AgentSpec::parse(r#"{"model": {"provider": "scripted", "modle": "x"}}"#, SpecFormat::Json).unwrap_err();
+        assert_eq!(err.errors[0].path, "model.modle");
+        assert!(err.errors[0].message.contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported() {
+        let text = r#"
+            [model]
+            provider = "openai"
+            [limits]
+            max_steps = 0
+            [[tools.http]]
+            name = "Bad Name"
+            url = "ftp://x"
+        "#;
+        let err = AgentSpec::parse(text, SpecFormat::Toml).unwrap_err();
+        let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["model.model", "limits.max_steps", "tools.http[0].name", "tools.http[0].url"]);
+    }
+
+    #[test]
+    fn script_must_name_enabled_tools() {
+        let text = r#"
+            [model]
+            provider = "scripted"
+            script = [{ tool_calls = [{ name = "nope" }] }]
+        "#;
+        let err = AgentSpec::parse(text, SpecFormat::Toml).unwrap_err();
+        assert_eq!(err.errors[0].path, "model.script[0].tool_calls[0].name");
+    }
+}

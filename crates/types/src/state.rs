@@ -1,0 +1,251 @@
+//! Folds over the session log: a session's and a turn's state are derived
+//! from their events and nothing else. The store caches these folds for
+//! listing and lookup; it never stores state the log does not imply.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::{Event, EventData, Usage};
+use crate::ids::{SessionId, TurnId};
+
+/// Lifecycle of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// No turn queued or running.
+    Idle,
+    /// A turn is running or queued.
+    Running,
+    /// Terminated: the log is kept, new input is refused.
+    Terminated,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Idle => "idle",
+            SessionStatus::Running => "running",
+            SessionStatus::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "idle" => Some(SessionStatus::Idle),
+            "running" => Some(SessionStatus::Running),
+            "terminated" => Some(SessionStatus::Terminated),
+            _ => None,
+        }
+    }
+}
+
+/// A session's state, folded from its log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub id: SessionId,
+    pub agent: String,
+    pub agent_version: u32,
+    pub status: SessionStatus,
+    pub metadata: Value,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// Turns submitted so far.
+    pub turn_count: u32,
+    /// Tokens used by every model call of the session.
+    pub usage: Usage,
+    /// The turn being executed, if any.
+    pub running_turn: Option<TurnId>,
+    /// Turns accepted and not yet started.
+    pub queued_turns: u32,
+    /// Seq of the last event.
+    pub last_seq: u64,
+}
+
+impl SessionSummary {
+    /// Starts the fold from a `session.created` event.
+    pub fn from_created(event: &Event) -> Option<Self> {
+        let EventData::SessionCreated { agent, agent_version, metadata } = &event.body.data else {
+            return None;
+        };
+        Some(SessionSummary {
+            id: event.body.session_id.clone(),
+            agent: agent.clone(),
+            agent_version: *agent_version,
+            status: SessionStatus::Idle,
+            metadata: metadata.clone(),
+            created_ms: event.body.ts,
+            updated_ms: event.body.ts,
+            turn_count: 0,
+            usage: Usage::default(),
+            running_turn: None,
+            queued_turns: 0,
+            last_seq: event.body.seq,
+        })
+    }
+
+    /// Applies one more event of this session.
+    pub fn apply(&mut self, event: &Event) {
+        self.last_seq = event.body.seq;
+        self.updated_ms = event.body.ts;
+        match &event.body.data {
+            EventData::SessionTerminated { .. } => self.status = SessionStatus::Terminated,
+            EventData::TurnSubmitted { .. } => {
+                self.turn_count += 1;
+                self.queued_turns += 1;
+            }
+            EventData::TurnStarted { turn_id, agent_version, .. } => {
+                self.queued_turns = self.queued_turns.saturating_sub(1);
+                self.running_turn = Some(turn_id.clone());
+                self.agent_version = *agent_version;
+            }
+            EventData::ModelCompleted { usage, .. } => self.usage.add(*usage),
+            EventData::TurnCompleted { turn_id, .. }
+            | EventData::TurnFailed { turn_id, .. }
+            | EventData::TurnCancelled { turn_id, .. } => {
+                if self.running_turn.as_ref() == Some(turn_id) {
+                    self.running_turn = None;
+                } else {
+                    self.queued_turns = self.queued_turns.saturating_sub(1);
+                }
+            }
+            _ => {}
+        }
+        if self.status != SessionStatus::Terminated {
+            self.status = if self.running_turn.is_some() || self.queued_turns > 0 {
+                SessionStatus::Running
+            } else {
+                SessionStatus::Idle
+            };
+        }
+    }
+}
+
+/// Lifecycle of a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TurnStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnStatus::Queued => "queued",
+            TurnStatus::Running => "running",
+            TurnStatus::Completed => "completed",
+            TurnStatus::Failed => "failed",
+            TurnStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "queued" => Some(TurnStatus::Queued),
+            "running" => Some(TurnStatus::Running),
+            "completed" => Some(TurnStatus::Completed),
+            "failed" => Some(TurnStatus::Failed),
+            "cancelled" => Some(TurnStatus::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// Whether the turn has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, TurnStatus::Completed | TurnStatus::Failed | TurnStatus::Cancelled)
+    }
+}
+
+/// Why a turn failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TurnError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A turn's state, folded from the events that carry its id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TurnSummary {
+    pub turn_id: TurnId,
+    pub session_id: SessionId,
+    pub status: TurnStatus,
+    pub input: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<TurnError>,
+    pub usage: Usage,
+    /// Model and tool calls completed so far.
+    pub steps: u32,
+    pub cancel_requested: bool,
+    /// Seq of the `turn.submitted` event; orders the queue.
+    pub submitted_seq: u64,
+    pub created_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<i64>,
+}
+
+impl TurnSummary {
+    /// Starts the fold from a `turn.submitted` event.
+    pub fn from_submitted(event: &Event) -> Option<Self> {
+        let EventData::TurnSubmitted { turn_id, input, idempotency_key } = &event.body.data else {
+            return None;
+        };
+        Some(TurnSummary {
+            turn_id: turn_id.clone(),
+            session_id: event.body.session_id.clone(),
+            status: TurnStatus::Queued,
+            input: input.clone(),
+            idempotency_key: idempotency_key.clone(),
+            output: None,
+            error: None,
+            usage: Usage::default(),
+            steps: 0,
+            cancel_requested: false,
+            submitted_seq: event.body.seq,
+            created_ms: event.body.ts,
+            started_ms: None,
+            ended_ms: None,
+        })
+    }
+
+    /// Applies one more event of this turn.
+    pub fn apply(&mut self, event: &Event) {
+        let ts = event.body.ts;
+        match &event.body.data {
+            EventData::TurnStarted { .. } => {
+                self.status = TurnStatus::Running;
+                self.started_ms = Some(ts);
+            }
+            EventData::TurnCancelRequested { .. } => self.cancel_requested = true,
+            EventData::ModelCompleted { usage, .. } => {
+                self.usage.add(*usage);
+                self.steps += 1;
+            }
+            EventData::ModelFailed { .. } | EventData::ToolCompleted { .. } => self.steps += 1,
+            EventData::TurnCompleted { output, .. } => {
+                self.status = TurnStatus::Completed;
+                self.output = Some(output.clone());
+                self.ended_ms = Some(ts);
+            }
+            EventData::TurnFailed { code, message, .. } => {
+                self.status = TurnStatus::Failed;
+                self.error = Some(TurnError { code: code.clone(), message: message.clone() });
+                self.ended_ms = Some(ts);
+            }
+            EventData::TurnCancelled { reason, .. } => {
+                self.status = TurnStatus::Cancelled;
+                self.error = Some(TurnError { code: "cancelled".into(), message: reason.clone() });
+                self.ended_ms = Some(ts);
+            }
+            _ => {}
+        }
+    }
+}
