@@ -7,8 +7,11 @@
 //! - `anthropic`: the Messages API with tools.
 
 pub mod anthropic;
+mod http;
 pub mod openai;
 pub mod scripted;
+#[cfg(test)]
+mod test_support;
 mod wire_names;
 
 use std::sync::Arc;

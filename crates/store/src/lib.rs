@@ -68,6 +68,8 @@ pub trait Store: Send + Sync + 'static {
     async fn read_records(&self, id: &SessionId) -> Result<Vec<StoredRecord>, StoreError>;
 
     async fn get_turn(&self, session: &SessionId, turn: &TurnId) -> Result<Option<TurnSummary>, StoreError>;
+    /// The turn submitted with this idempotency key, if any.
+    async fn find_turn_by_key(&self, session: &SessionId, key: &str) -> Result<Option<TurnSummary>, StoreError>;
     /// Turns of a session that have not ended, oldest first.
     async fn unfinished_turns(&self, session: &SessionId) -> Result<Vec<TurnSummary>, StoreError>;
     /// Sessions that have at least one turn that has not ended.

@@ -59,6 +59,8 @@ pub enum Fence {
 pub enum Precondition {
     /// The turn must currently have this status.
     TurnStatus(TurnId, TurnStatus),
+    /// The session must have no queued or running turn.
+    SessionIdle,
 }
 
 /// Events to append to one session's log in one transaction.

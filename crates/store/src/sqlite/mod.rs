@@ -102,6 +102,11 @@ impl Store for SqliteStore {
         self.readers.run(move |c| read::get_turn(c, &session, &turn)).await
     }
 
+    async fn find_turn_by_key(&self, session: &SessionId, key: &str) -> Result<Option<TurnSummary>, StoreError> {
+        let (session, key) = (session.clone(), key.to_owned());
+        self.readers.run(move |c| read::find_turn_by_key(c, &session, &key)).await
+    }
+
     async fn unfinished_turns(&self, session: &SessionId) -> Result<Vec<TurnSummary>, StoreError> {
         let session = session.clone();
         self.readers.run(move |c| read::unfinished_turns(c, &session)).await

@@ -168,6 +168,18 @@ pub fn get_turn(conn: &Connection, session: &SessionId, turn: &TurnId) -> Result
     text.map(|t| parse(&t, "turn summary")).transpose()
 }
 
+pub fn find_turn_by_key(conn: &Connection, session: &SessionId, key: &str) -> Result<Option<TurnSummary>, StoreError> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT summary FROM turns WHERE session_id = ?1 AND idempotency_key = ?2",
+            params![session.as_str(), key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)?;
+    text.map(|t| parse(&t, "turn summary")).transpose()
+}
+
 pub fn unfinished_turns(conn: &Connection, session: &SessionId) -> Result<Vec<TurnSummary>, StoreError> {
     let mut stmt = conn
         .prepare_cached(

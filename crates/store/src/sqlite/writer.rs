@@ -244,6 +244,11 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
             }
         }
     }
+    if let Some(Precondition::SessionIdle) = &req.precondition {
+        if row.summary.status != SessionStatus::Idle {
+            return Err(StoreError::PreconditionFailed(format!("session {id} is {}", row.summary.status.as_str())));
+        }
+    }
     if let Some(Precondition::TurnStatus(turn, want)) = &req.precondition {
         let status: Option<String> = tx
             .prepare_cached("SELECT status FROM turns WHERE session_id = ?1 AND turn_id = ?2")

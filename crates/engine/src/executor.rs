@@ -1,0 +1,179 @@
+//! Who runs a session, and when. A session with unfinished turns gets one
+//! executor task on this node; the executor takes the session's lease (its
+//! fencing token goes on every append), runs the turns in order, and gives
+//! the lease back when the queue is empty. Work that arrives while it is
+//! finishing marks the slot dirty, so nothing is left unrun.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentrt_store::Fence;
+use agentrt_types::{SessionId, TurnId};
+use tokio_util::sync::CancellationToken;
+
+use crate::turn::{self, Abort};
+use crate::Inner;
+
+/// Live executors of this node.
+#[derive(Default)]
+pub struct Executors {
+    slots: Mutex<HashMap<SessionId, Arc<Slot>>>,
+}
+
+/// One session's executor state shared with the API side.
+#[derive(Default)]
+pub struct Slot {
+    /// New work arrived since the executor last looked.
+    dirty: AtomicBool,
+    /// Cancellation tokens of the turns being run.
+    cancels: Mutex<HashMap<TurnId, CancellationToken>>,
+}
+
+impl Slot {
+    /// Registers a turn and returns its cancellation token.
+    pub fn register(&self, turn: &TurnId) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.cancels.lock().expect("slot lock poisoned").insert(turn.clone(), token.clone());
+        token
+    }
+
+    pub fn unregister(&self, turn: &TurnId) {
+        self.cancels.lock().expect("slot lock poisoned").remove(turn);
+    }
+}
+
+impl Executors {
+    fn remove_if_same(&self, id: &SessionId, slot: &Arc<Slot>) {
+        let mut map = self.slots.lock().expect("executors lock poisoned");
+        if map.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            map.remove(id);
+        }
+    }
+
+    /// Number of sessions with a live executor.
+    pub fn active(&self) -> usize {
+        self.slots.lock().expect("executors lock poisoned").len()
+    }
+}
+
+/// Makes sure an executor is running (or will look again) for the session.
+pub(crate) fn ensure_running(inner: &Arc<Inner>, id: &SessionId) {
+    if inner.shutdown.is_cancelled() {
+        return;
+    }
+    let slot = {
+        let mut map = inner.executors.slots.lock().expect("executors lock poisoned");
+        if let Some(slot) = map.get(id) {
+            slot.dirty.store(true, Ordering::SeqCst);
+            return;
+        }
+        let slot = Arc::new(Slot::default());
+        map.insert(id.clone(), slot.clone());
+        slot
+    };
+    let (inner2, id2) = (inner.clone(), id.clone());
+    inner.tasks.spawn(async move { run_session(inner2, id2, slot).await });
+}
+
+/// Cancels a running turn on this node, if it is running here.
+pub(crate) fn signal_cancel(inner: &Inner, id: &SessionId, turn: &TurnId) {
+    let map = inner.executors.slots.lock().expect("executors lock poisoned");
+    if let Some(slot) = map.get(id) {
+        if let Some(token) = slot.cancels.lock().expect("slot lock poisoned").get(turn) {
+            token.cancel();
+        }
+    }
+}
+
+async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
+    let holder = inner.config.node_id.clone();
+    let ttl = inner.config.lease_ttl.as_millis() as i64;
+    let token = match inner.store.acquire_lease(&id, &holder, ttl, inner.config.exclusive_store).await {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            tracing::debug!(session = %id, "lease held elsewhere; not running here");
+            inner.executors.remove_if_same(&id, &slot);
+            return;
+        }
+        Err(e) => {
+            tracing::error!(session = %id, error = %e, "could not take session lease");
+            inner.executors.remove_if_same(&id, &slot);
+            return;
+        }
+    };
+    let fence = Fence::Lease { holder: holder.clone(), token };
+    loop {
+        slot.dirty.store(false, Ordering::SeqCst);
+        let turns = match inner.store.unfinished_turns(&id).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(session = %id, error = %e, "could not read turns; retrying");
+                if sleep_or_shutdown(&inner, Duration::from_secs(1)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if turns.is_empty() {
+            let map = inner.executors.slots.lock().expect("executors lock poisoned");
+            if slot.dirty.load(Ordering::SeqCst) {
+                continue;
+            }
+            drop(map);
+            inner.executors.remove_if_same(&id, &slot);
+            if let Err(e) = inner.store.release_lease(&id, &holder, token).await {
+                tracing::warn!(session = %id, error = %e, "could not release lease");
+            }
+            return;
+        }
+        for t in turns {
+            match turn::run(&inner, &id, &fence, &slot, t).await {
+                Ok(()) => {}
+                Err(Abort::Fenced) => {
+                    tracing::warn!(session = %id, "lease lost to another executor; stepping back");
+                    inner.executors.remove_if_same(&id, &slot);
+                    return;
+                }
+                Err(Abort::Shutdown) => {
+                    inner.executors.remove_if_same(&id, &slot);
+                    return;
+                }
+                Err(Abort::Store(e)) => {
+                    tracing::error!(session = %id, error = %e, "store failed during a turn; retrying");
+                    if sleep_or_shutdown(&inner, Duration::from_secs(1)).await {
+                        inner.executors.remove_if_same(&id, &slot);
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    inner.executors.remove_if_same(&id, &slot);
+}
+
+/// Sleeps; returns `true` if shutdown began meanwhile.
+async fn sleep_or_shutdown(inner: &Inner, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = inner.shutdown.cancelled() => true,
+    }
+}
+
+/// Renews this node's leases every third of their lifetime.
+pub(crate) fn spawn_lease_renewal(inner: &Arc<Inner>) {
+    let inner2 = inner.clone();
+    inner.tasks.spawn(async move {
+        let ttl = inner2.config.lease_ttl;
+        loop {
+            if sleep_or_shutdown(&inner2, ttl / 3).await {
+                return;
+            }
+            if let Err(e) = inner2.store.renew_leases(&inner2.config.node_id, ttl.as_millis() as i64).await {
+                tracing::warn!(error = %e, "lease renewal failed");
+            }
+        }
+    });
+}

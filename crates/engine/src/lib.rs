@@ -1,0 +1,357 @@
+//! The agentrt engine: agents, sessions and turns on top of the store; one
+//! executor per session holding a lease with a fencing token; the durable
+//! agent loop; recovery of unfinished turns at start.
+//!
+//! Reading order: [`Engine`] (the API other crates call), `executor` (who
+//! runs a session and when), `turn` (the agent loop of one turn),
+//! `history` (rebuilding state from the log).
+
+mod agents;
+mod error;
+mod executor;
+mod history;
+pub mod hub;
+mod turn;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentrt_store::{AgentInfo, AgentVersion, AppendRequest, Fence, NewSession, Precondition, SessionFilter, Store, StoreError};
+use agentrt_tools::ToolSet;
+use agentrt_types::event::{verify_chain, ChainError};
+use agentrt_types::spec::{is_agent_name, FieldError, SpecError, SpecFormat};
+use agentrt_types::{AgentSpec, Event, EventData, NewEvent, SessionId, SessionStatus, SessionSummary, TurnId, TurnSummary};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::EngineError;
+pub use history::UNKNOWN_OUTCOME;
+
+use crate::agents::AgentCache;
+use crate::executor::Executors;
+use crate::hub::EventHub;
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// This node's name; recorded as the lease holder and executor.
+    pub node_id: String,
+    /// How long a lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// The store belongs to this process alone (the embedded SQLite store
+    /// under a locked data dir), so leases left by a previous run of this
+    /// node can be taken over at once instead of after they expire.
+    pub exclusive_store: bool,
+    /// Largest turn input accepted, in bytes.
+    pub max_input_bytes: usize,
+    /// Timeout for outgoing HTTP from providers and tools.
+    pub http_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node_id: format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+            lease_ttl: Duration::from_secs(30),
+            exclusive_store: true,
+            max_input_bytes: 256 * 1024,
+            http_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What to do with new input when the session already has a turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBusy {
+    /// Run after the turns before it.
+    #[default]
+    Queue,
+    /// Refuse with `session_busy`.
+    Reject,
+    /// Cancel the running and queued turns, then run this one.
+    Interrupt,
+}
+
+/// A turn submission.
+#[derive(Clone, Debug)]
+pub struct SubmitTurn {
+    pub input: String,
+    pub on_busy: OnBusy,
+    pub idempotency_key: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn Store>,
+    pub config: EngineConfig,
+    pub http: reqwest::Client,
+    pub hub: EventHub,
+    pub agents: AgentCache,
+    pub executors: Executors,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// The engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Creates the engine. Call [`Engine::start`] to resume unfinished work.
+    pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine, EngineError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.http_timeout)
+            .build()
+            .map_err(|e| EngineError::Internal(format!("build HTTP client: {e}")))?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                http,
+                hub: EventHub::default(),
+                agents: AgentCache::default(),
+                executors: Executors::default(),
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// Resumes every session with unfinished turns and starts lease renewal.
+    pub async fn start(&self) -> Result<usize, EngineError> {
+        executor::spawn_lease_renewal(&self.inner);
+        let sessions = self.inner.store.sessions_with_unfinished_turns().await?;
+        for id in &sessions {
+            executor::ensure_running(&self.inner, id);
+        }
+        if !sessions.is_empty() {
+            tracing::info!(sessions = sessions.len(), "resuming unfinished turns");
+        }
+        Ok(sessions.len())
+    }
+
+    /// Stops executors (their turns resume at the next start) and waits for
+    /// them to finish their current append.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+    }
+
+    /// The node name of this engine.
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// Largest accepted turn input, in bytes.
+    pub fn max_input_bytes(&self) -> usize {
+        self.inner.config.max_input_bytes
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    // ----- agents -----
+
+    /// Validates a spec and registers it as the agent's next version.
+    pub async fn put_agent(&self, name: &str, text: &str, format: SpecFormat) -> Result<AgentVersion, EngineError> {
+        if !is_agent_name(name) {
+            return Err(EngineError::InvalidAgentName(name.to_owned()));
+        }
+        let spec = AgentSpec::parse(text, format)?;
+        ToolSet::for_agent(&spec).map_err(|e| SpecError { errors: vec![FieldError { path: e.path, message: e.message }] })?;
+        Ok(self.inner.store.put_agent(name, &spec).await?)
+    }
+
+    pub async fn get_agent(&self, name: &str, version: Option<u32>) -> Result<AgentVersion, EngineError> {
+        self.inner.store.get_agent(name, version).await?.ok_or_else(|| match version {
+            Some(v) => EngineError::AgentVersionNotFound(name.to_owned(), v),
+            None => EngineError::AgentNotFound(name.to_owned()),
+        })
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentInfo>, EngineError> {
+        Ok(self.inner.store.list_agents().await?)
+    }
+
+    // ----- sessions -----
+
+    /// Creates a session pinned to an agent version (the latest by default).
+    pub async fn create_session(&self, agent: &str, version: Option<u32>, metadata: Value) -> Result<SessionSummary, EngineError> {
+        if !metadata.is_object() && !metadata.is_null() {
+            return Err(EngineError::InvalidInput("metadata must be a JSON object".into()));
+        }
+        let metadata = if metadata.is_null() { Value::Object(Default::default()) } else { metadata };
+        let agent = self.get_agent(agent, version).await?;
+        let new = NewSession { id: SessionId::generate(), agent: agent.name, agent_version: agent.version, metadata };
+        let (summary, event) = self.inner.store.create_session(new).await?;
+        self.inner.hub.publish(&summary.id, std::slice::from_ref(&event));
+        Ok(summary)
+    }
+
+    pub async fn get_session(&self, id: &SessionId) -> Result<SessionSummary, EngineError> {
+        self.inner.store.get_session(id).await?.ok_or_else(|| EngineError::SessionNotFound(id.clone()))
+    }
+
+    pub async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>, EngineError> {
+        Ok(self.inner.store.list_sessions(filter).await?)
+    }
+
+    /// Terminates a session: cancels its turns, keeps its log, refuses new
+    /// input. Terminating twice is not an error.
+    pub async fn terminate_session(&self, id: &SessionId, reason: &str) -> Result<SessionSummary, EngineError> {
+        let summary = self.get_session(id).await?;
+        if summary.status == SessionStatus::Terminated {
+            return Ok(summary);
+        }
+        let unfinished = self.inner.store.unfinished_turns(id).await?;
+        let mut events: Vec<NewEvent> = unfinished
+            .iter()
+            .filter(|t| !t.cancel_requested)
+            .map(|t| EventData::TurnCancelRequested { turn_id: t.turn_id.clone(), reason: "session terminated".into() }.into())
+            .collect();
+        events.push(EventData::SessionTerminated { reason: reason.to_owned() }.into());
+        match self.client_append(id, None, events).await {
+            Ok(_) | Err(EngineError::SessionTerminated(_)) => {}
+            Err(e) => return Err(e),
+        }
+        for t in &unfinished {
+            executor::signal_cancel(&self.inner, id, &t.turn_id);
+        }
+        if !unfinished.is_empty() {
+            executor::ensure_running(&self.inner, id);
+        }
+        self.get_session(id).await
+    }
+
+    // ----- turns -----
+
+    /// Accepts input for a session. Returns the turn and whether it is new
+    /// (`false` when the idempotency key named an existing turn).
+    pub async fn submit_turn(&self, id: &SessionId, req: SubmitTurn) -> Result<(TurnSummary, bool), EngineError> {
+        if req.input.len() > self.inner.config.max_input_bytes {
+            return Err(EngineError::InputTooLarge { limit: self.inner.config.max_input_bytes, got: req.input.len() });
+        }
+        if req.input.trim().is_empty() {
+            return Err(EngineError::InvalidInput("input must not be empty".into()));
+        }
+        if let Some(key) = &req.idempotency_key {
+            if key.is_empty() || key.len() > 255 {
+                return Err(EngineError::InvalidInput("Idempotency-Key must be 1 to 255 characters".into()));
+            }
+            if let Some(turn) = self.inner.store.find_turn_by_key(id, key).await? {
+                return Ok((turn, false));
+            }
+        }
+        let session = self.get_session(id).await?;
+        if session.status == SessionStatus::Terminated {
+            return Err(EngineError::SessionTerminated(id.clone()));
+        }
+        let turn_id = TurnId::generate();
+        let submitted: NewEvent =
+            EventData::TurnSubmitted { turn_id: turn_id.clone(), input: req.input, idempotency_key: req.idempotency_key.clone() }.into();
+        let (events, precondition, to_cancel) = match req.on_busy {
+            OnBusy::Queue => (vec![submitted], None, vec![]),
+            OnBusy::Reject => (vec![submitted], Some(Precondition::SessionIdle), vec![]),
+            OnBusy::Interrupt => {
+                let unfinished = self.inner.store.unfinished_turns(id).await?;
+                let mut events: Vec<NewEvent> = unfinished
+                    .iter()
+                    .filter(|t| !t.cancel_requested)
+                    .map(|t| EventData::TurnCancelRequested { turn_id: t.turn_id.clone(), reason: "interrupted by new input".into() }.into())
+                    .collect();
+                events.push(submitted);
+                (events, None, unfinished.into_iter().map(|t| t.turn_id).collect())
+            }
+        };
+        match self.client_append(id, precondition, events).await {
+            Ok(_) => {}
+            Err(EngineError::Store(StoreError::DuplicateIdempotencyKey(existing))) => {
+                let turn = self.get_turn(id, &existing).await?;
+                return Ok((turn, false));
+            }
+            Err(EngineError::Store(StoreError::PreconditionFailed(_))) => return Err(EngineError::SessionBusy(id.clone())),
+            Err(e) => return Err(e),
+        }
+        for t in &to_cancel {
+            executor::signal_cancel(&self.inner, id, t);
+        }
+        executor::ensure_running(&self.inner, id);
+        Ok((self.get_turn(id, &turn_id).await?, true))
+    }
+
+    pub async fn get_turn(&self, id: &SessionId, turn: &TurnId) -> Result<TurnSummary, EngineError> {
+        self.inner.store.get_turn(id, turn).await?.ok_or_else(|| EngineError::TurnNotFound(turn.clone()))
+    }
+
+    /// Asks a turn to stop. Cancelling a finished turn is refused.
+    pub async fn cancel_turn(&self, id: &SessionId, turn: &TurnId) -> Result<TurnSummary, EngineError> {
+        let summary = self.get_turn(id, turn).await?;
+        if summary.status.is_final() {
+            return Err(EngineError::TurnFinished(turn.clone(), summary.status.as_str()));
+        }
+        if !summary.cancel_requested {
+            let event = EventData::TurnCancelRequested { turn_id: turn.clone(), reason: "cancelled by client".into() };
+            self.client_append(id, None, vec![event.into()]).await?;
+        }
+        executor::signal_cancel(&self.inner, id, turn);
+        executor::ensure_running(&self.inner, id);
+        self.get_turn(id, turn).await
+    }
+
+    /// Waits up to `timeout` for the turn to end; returns its latest state.
+    pub async fn wait_turn(&self, id: &SessionId, turn: &TurnId, timeout: Duration) -> Result<TurnSummary, EngineError> {
+        let mut rx = self.inner.hub.subscribe(id);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let summary = self.get_turn(id, turn).await?;
+            if summary.status.is_final() {
+                return Ok(summary);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Err(_) => return self.get_turn(id, turn).await,
+                    Ok(Ok(e)) if e.body.data.ends_turn() && e.body.data.turn_id() == Some(turn) => break,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return self.get_turn(id, turn).await,
+                }
+            }
+        }
+    }
+
+    // ----- events -----
+
+    /// Events after `after`, at most `limit`.
+    pub async fn read_events(&self, id: &SessionId, after: u64, limit: usize) -> Result<Vec<Event>, EngineError> {
+        let events = self.inner.store.read_events(id, after, limit).await?;
+        if events.is_empty() && after == 0 {
+            self.get_session(id).await?;
+        }
+        Ok(events)
+    }
+
+    /// Live events of a session appended from now on.
+    pub fn subscribe(&self, id: &SessionId) -> broadcast::Receiver<Arc<Event>> {
+        self.inner.hub.subscribe(id)
+    }
+
+    /// Verifies a session's hash chain; returns the number of events.
+    pub async fn verify(&self, id: &SessionId) -> Result<Result<u64, ChainError>, EngineError> {
+        self.get_session(id).await?;
+        Ok(verify_chain(self.inner.store.read_records(id).await?))
+    }
+
+    async fn client_append(&self, id: &SessionId, precondition: Option<Precondition>, events: Vec<NewEvent>) -> Result<Vec<Event>, EngineError> {
+        let req = AppendRequest { session_id: id.clone(), fence: Fence::Client, precondition, events };
+        let events = self.inner.store.append(req).await?;
+        self.inner.hub.publish(id, &events);
+        Ok(events)
+    }
+}

@@ -1,0 +1,473 @@
+//! The durable agent loop of one turn.
+//!
+//! The loop is driven by the turn's own log: every model and tool call is
+//! appended as intent before it runs and as result after, and where the turn
+//! stands is always derived from those events ([`TurnProgress`]). A fresh
+//! turn and a turn resumed after a crash take the same path: open tool
+//! intents are re-run if idempotent (same idempotency key) or resolved as
+//! `outcome: unknown`; an open model intent is re-run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentrt_model::{ModelError, ModelRequest, ModelResponse};
+use agentrt_store::{AppendRequest, Fence, Precondition, StoreError};
+use agentrt_tools::{ToolContext, ToolError};
+use agentrt_types::time::now_ms;
+use agentrt_types::{Event, EventData, NewEvent, Outcome, SessionId, TurnStatus, TurnSummary};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::LoadedAgent;
+use crate::executor::Slot;
+use crate::history::{Conversation, OpenToolCall, TurnProgress};
+use crate::Inner;
+
+/// Largest tool output kept in the log, in bytes of JSON.
+pub const MAX_TOOL_OUTPUT: usize = 64 * 1024;
+/// Attempts for a model call that fails transiently.
+const MODEL_ATTEMPTS: u32 = 3;
+/// Events read per page when loading a session's history.
+const PAGE: usize = 2000;
+
+/// Why a turn stopped without ending.
+pub(crate) enum Abort {
+    /// Another executor holds the lease now.
+    Fenced,
+    /// The node is shutting down; the turn resumes at the next start.
+    Shutdown,
+    Store(StoreError),
+}
+
+impl From<StoreError> for Abort {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::StaleFence { .. } => Abort::Fenced,
+            other => Abort::Store(other),
+        }
+    }
+}
+
+/// Runs one turn to its end (or until aborted).
+pub(crate) async fn run(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary) -> Result<(), Abort> {
+    let cancel = slot.register(&turn.turn_id);
+    let result = TurnRun::start(inner, id, fence, cancel, turn).await;
+    let result = match result {
+        Ok(Some(mut run)) => run.drive().await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    // `slot` outlives the run; the token is only for this turn.
+    result
+}
+
+struct TurnRun {
+    inner: Arc<Inner>,
+    session: SessionId,
+    fence: Fence,
+    turn: TurnSummary,
+    cancel: CancellationToken,
+    conversation: Conversation,
+    progress: TurnProgress,
+    agent: Option<Arc<LoadedAgent>>,
+    /// Tool intents that were open when the turn was loaded (crash recovery).
+    recovering: bool,
+}
+
+impl TurnRun {
+    /// Marks the turn started (or resumed) and loads its history.
+    async fn start(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, cancel: CancellationToken, turn: TurnSummary) -> Result<Option<TurnRun>, Abort> {
+        let executor = inner.config.node_id.clone();
+        let turn_id = turn.turn_id.clone();
+        let session = inner.store.get_session(id).await?.ok_or_else(|| Abort::Store(StoreError::SessionNotFound(id.clone())))?;
+        let first = match turn.status {
+            TurnStatus::Queued if turn.cancel_requested => {
+                let ev = EventData::TurnCancelled { turn_id: turn_id.clone(), reason: "cancelled before it started".into() };
+                let pre = Precondition::TurnStatus(turn_id.clone(), TurnStatus::Queued);
+                return match append_raw(inner, id, fence, Some(pre), vec![ev.into()]).await {
+                    Ok(_) | Err(Abort::Store(StoreError::PreconditionFailed(_))) => Ok(None),
+                    Err(e) => Err(e),
+                };
+            }
+            TurnStatus::Queued => {
+                let ev = EventData::TurnStarted { turn_id: turn_id.clone(), agent_version: session.agent_version, executor };
+                (Some(Precondition::TurnStatus(turn_id.clone(), TurnStatus::Queued)), ev)
+            }
+            TurnStatus::Running => (
+                Some(Precondition::TurnStatus(turn_id.clone(), TurnStatus::Running)),
+                EventData::TurnResumed { turn_id: turn_id.clone(), executor },
+            ),
+            _ => return Ok(None),
+        };
+        match append_raw(inner, id, fence, first.0, vec![first.1.into()]).await {
+            Ok(_) => {}
+            Err(Abort::Store(StoreError::PreconditionFailed(_))) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let mut run = TurnRun {
+            inner: inner.clone(),
+            session: id.clone(),
+            fence: fence.clone(),
+            turn,
+            cancel,
+            conversation: Conversation::default(),
+            progress: TurnProgress::default(),
+            agent: None,
+            recovering: false,
+        };
+        let mut after = 0;
+        loop {
+            let page = inner.store.read_events(id, after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq();
+            for e in &page {
+                run.observe(e);
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        run.recovering = !run.progress.open_tools.is_empty();
+        run.agent = match load_agent(inner, &session.agent, session.agent_version).await {
+            Ok(a) => Some(a),
+            Err(message) => {
+                run.fail(vec![], "agent_unavailable", &message).await?;
+                return Ok(None);
+            }
+        };
+        Ok(Some(run))
+    }
+
+    fn observe(&mut self, e: &Event) {
+        self.conversation.apply(e);
+        if e.body.data.turn_id() == Some(&self.turn.turn_id) {
+            self.progress.apply(e);
+        }
+    }
+
+    fn agent(&self) -> &LoadedAgent {
+        self.agent.as_deref().expect("agent is loaded before the loop runs")
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled() || self.progress.cancel_requested
+    }
+
+    fn deadline(&self) -> Instant {
+        let started = self.progress.started_ms.unwrap_or_else(now_ms);
+        let end_ms = started + (self.agent().version.spec.limits.max_turn_seconds as i64) * 1000;
+        Instant::now() + Duration::from_millis((end_ms - now_ms()).max(0) as u64)
+    }
+
+    fn key(&self, step: u32) -> String {
+        format!("{}:{}:{}", self.session, self.turn.turn_id, step)
+    }
+
+    async fn append(&mut self, events: Vec<NewEvent>) -> Result<(), Abort> {
+        let appended = append_raw(&self.inner, &self.session, &self.fence, None, events).await?;
+        for e in &appended {
+            self.observe(e);
+        }
+        Ok(())
+    }
+
+    /// The loop: tools that are due, then the model, until the turn ends.
+    async fn drive(&mut self) -> Result<(), Abort> {
+        let mut carry: Vec<NewEvent> = Vec::new();
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return Err(Abort::Shutdown);
+            }
+            if self.cancelled() {
+                return self.end_cancelled(carry).await;
+            }
+            if Instant::now() >= self.deadline() {
+                let secs = self.agent().version.spec.limits.max_turn_seconds;
+                return self.fail(carry, "max_turn_seconds", &format!("turn exceeded max_turn_seconds ({secs} s)")).await;
+            }
+            if !self.progress.open_tools.is_empty() {
+                carry = self.run_tools(carry).await?;
+                self.recovering = false;
+                continue;
+            }
+            let max_steps = self.agent().version.spec.limits.max_steps;
+            if self.progress.steps_done >= max_steps {
+                return self.fail(carry, "max_steps", &format!("turn reached max_steps ({max_steps}) without a final answer")).await;
+            }
+            let step = match self.progress.open_model {
+                Some(step) => step,
+                None => {
+                    let step = self.progress.last_step + 1;
+                    let agent = self.agent();
+                    carry.push(
+                        EventData::ModelRequested {
+                            turn_id: self.turn.turn_id.clone(),
+                            step,
+                            provider: agent.version.spec.model.provider.clone(),
+                            model: agent.version.spec.model.model.clone(),
+                        }
+                        .into(),
+                    );
+                    step
+                }
+            };
+            self.append(std::mem::take(&mut carry)).await?;
+            let started = Instant::now();
+            let outcome = self.call_model(step).await?;
+            let latency_us = started.elapsed().as_micros() as u64;
+            let turn_id = self.turn.turn_id.clone();
+            match outcome {
+                ModelOutcome::Cancelled => continue,
+                ModelOutcome::Deadline => continue,
+                ModelOutcome::Failed(e) => {
+                    let failed = EventData::ModelFailed { turn_id, step, error: e.to_string(), latency_us };
+                    return self.fail(vec![failed.into()], "model_error", &e.to_string()).await;
+                }
+                ModelOutcome::Answer(resp) => {
+                    let final_answer = resp.tool_calls.is_empty();
+                    let mut events: Vec<NewEvent> = vec![EventData::ModelCompleted {
+                        turn_id: turn_id.clone(),
+                        step,
+                        content: resp.content.clone(),
+                        tool_calls: resp.tool_calls.clone(),
+                        usage: resp.usage,
+                        latency_us,
+                    }
+                    .into()];
+                    if final_answer {
+                        let output = resp.content.unwrap_or_default();
+                        let mut usage = self.progress.usage;
+                        usage.add(resp.usage);
+                        events.push(EventData::Message { turn_id: turn_id.clone(), content: output.clone() }.into());
+                        events.push(EventData::TurnCompleted { turn_id, output, usage, steps: self.progress.steps_done + 1 }.into());
+                    } else {
+                        for (i, call) in resp.tool_calls.iter().enumerate() {
+                            let s = step + 1 + i as u32;
+                            events.push(
+                                EventData::ToolRequested {
+                                    turn_id: turn_id.clone(),
+                                    step: s,
+                                    call_id: call.id.clone(),
+                                    tool: call.name.clone(),
+                                    arguments: call.arguments.clone(),
+                                    idempotent: self.agent().tools.is_idempotent(&call.name),
+                                    idempotency_key: self.key(s),
+                                }
+                                .into(),
+                            );
+                        }
+                    }
+                    self.append(events).await?;
+                    if final_answer {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn call_model(&self, step: u32) -> Result<ModelOutcome, Abort> {
+        let agent = self.agent();
+        let provider = match &agent.provider {
+            Ok(p) => p.clone(),
+            Err(msg) => return Ok(ModelOutcome::Failed(ModelError::Config(msg.clone()))),
+        };
+        let m = &agent.version.spec.model;
+        let request = ModelRequest {
+            model: m.model.clone(),
+            instructions: agent.version.spec.instructions.clone(),
+            messages: self.conversation.messages.clone(),
+            tools: agent.tools.defs(),
+            temperature: m.temperature,
+            max_tokens: m.max_tokens,
+            stream: m.stream,
+            idempotency_key: self.key(step),
+        };
+        let deadline = tokio::time::Instant::from_std(self.deadline());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = tokio::select! {
+                r = provider.complete(&request) => r,
+                _ = self.cancel.cancelled() => return Ok(ModelOutcome::Cancelled),
+                _ = tokio::time::sleep_until(deadline) => return Ok(ModelOutcome::Deadline),
+                _ = self.inner.shutdown.cancelled() => return Err(Abort::Shutdown),
+            };
+            match result {
+                Ok(resp) => return Ok(ModelOutcome::Answer(resp)),
+                Err(e) if e.is_transient() && attempt < MODEL_ATTEMPTS => {
+                    tracing::warn!(session = %self.session, step, attempt, error = %e, "model call failed; retrying");
+                    let backoff = Duration::from_millis(250 << (attempt - 1));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.cancel.cancelled() => return Ok(ModelOutcome::Cancelled),
+                        _ = self.inner.shutdown.cancelled() => return Err(Abort::Shutdown),
+                    }
+                }
+                Err(e) => return Ok(ModelOutcome::Failed(e)),
+            }
+        }
+    }
+
+    /// Runs the open tool calls in parallel. Each result is appended as it
+    /// arrives, except the last, which is returned to travel with the next
+    /// append (nothing happens in between, so it saves an fsync).
+    async fn run_tools(&mut self, carry: Vec<NewEvent>) -> Result<Vec<NewEvent>, Abort> {
+        if !carry.is_empty() {
+            self.append(carry).await?;
+        }
+        let calls = self.progress.open_tools.clone();
+        let mut pending = FuturesUnordered::new();
+        let mut immediate = Vec::new();
+        for call in calls {
+            if self.recovering && !call.idempotent {
+                immediate.push(self.completed(&call, Outcome::Unknown, json!({"error": crate::UNKNOWN_OUTCOME}), 0, 0));
+                continue;
+            }
+            let ctx = ToolContext {
+                session_id: self.session.clone(),
+                turn_id: self.turn.turn_id.clone(),
+                step: call.step,
+                idempotency_key: call.idempotency_key.clone(),
+                store: self.inner.store.clone(),
+                http: self.inner.http.clone(),
+            };
+            let agent = self.agent.clone().expect("agent loaded");
+            pending.push(async move {
+                let started = Instant::now();
+                let r = agent.tools.call(&call.call.name, &ctx, call.call.arguments.clone()).await;
+                (call, r, started.elapsed().as_micros() as u64)
+            });
+        }
+        let deadline = tokio::time::Instant::from_std(self.deadline());
+        let mut done: Vec<NewEvent> = immediate;
+        while !pending.is_empty() {
+            let next = tokio::select! {
+                n = pending.next() => n,
+                _ = self.cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.inner.shutdown.cancelled() => return Err(Abort::Shutdown),
+            };
+            let Some((call, result, latency_us)) = next else { break };
+            let (outcome, output) = match result {
+                Ok(v) => (Outcome::Ok, truncate(v)),
+                Err(e) => (Outcome::Error, json!({"error": tool_error_text(&e)})),
+            };
+            done.push(self.completed(&call, outcome, output, latency_us, 1));
+            if !pending.is_empty() {
+                self.append(std::mem::take(&mut done)).await?;
+            }
+        }
+        Ok(done)
+    }
+
+    fn completed(&self, call: &OpenToolCall, outcome: Outcome, output: Value, latency_us: u64, attempts: u32) -> NewEvent {
+        EventData::ToolCompleted {
+            turn_id: self.turn.turn_id.clone(),
+            step: call.step,
+            call_id: call.call.id.clone(),
+            tool: call.call.name.clone(),
+            outcome,
+            output,
+            latency_us,
+            attempts,
+        }
+        .into()
+    }
+
+    /// Closes every open intent with an error so the log stays well formed.
+    fn close_open(&self, mut events: Vec<NewEvent>, why: &str) -> Vec<NewEvent> {
+        let closed: Vec<String> = events
+            .iter()
+            .filter_map(|e| match &e.data {
+                EventData::ToolCompleted { call_id, .. } => Some(call_id.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(step) = self.progress.open_model {
+            events.push(EventData::ModelFailed { turn_id: self.turn.turn_id.clone(), step, error: why.into(), latency_us: 0 }.into());
+        }
+        for call in &self.progress.open_tools {
+            if !closed.contains(&call.call.id) {
+                events.push(self.completed(call, Outcome::Error, json!({"error": why}), 0, 0));
+            }
+        }
+        events
+    }
+
+    async fn end_cancelled(&mut self, carry: Vec<NewEvent>) -> Result<(), Abort> {
+        let mut events = self.close_open(carry, "cancelled");
+        events.push(EventData::TurnCancelled { turn_id: self.turn.turn_id.clone(), reason: "cancel requested".into() }.into());
+        self.append(events).await
+    }
+
+    async fn fail(&mut self, carry: Vec<NewEvent>, code: &str, message: &str) -> Result<(), Abort> {
+        let mut events = self.close_open(carry, message);
+        let mut usage = self.progress.usage;
+        for e in &events {
+            if let EventData::ModelCompleted { usage: u, .. } = &e.data {
+                usage.add(*u);
+            }
+        }
+        events.push(
+            EventData::TurnFailed {
+                turn_id: self.turn.turn_id.clone(),
+                code: code.into(),
+                message: message.into(),
+                usage,
+                steps: self.progress.steps_done,
+            }
+            .into(),
+        );
+        self.append(events).await
+    }
+}
+
+enum ModelOutcome {
+    Answer(ModelResponse),
+    Failed(ModelError),
+    Cancelled,
+    Deadline,
+}
+
+fn tool_error_text(e: &ToolError) -> String {
+    e.to_string()
+}
+
+fn truncate(v: Value) -> Value {
+    let text = v.to_string();
+    if text.len() <= MAX_TOOL_OUTPUT {
+        return v;
+    }
+    let mut cut = MAX_TOOL_OUTPUT;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    json!({"truncated": true, "original_bytes": text.len(), "preview": &text[..cut]})
+}
+
+async fn append_raw(inner: &Inner, id: &SessionId, fence: &Fence, precondition: Option<Precondition>, events: Vec<NewEvent>) -> Result<Vec<Event>, Abort> {
+    if events.is_empty() {
+        return Ok(vec![]);
+    }
+    let req = AppendRequest { session_id: id.clone(), fence: fence.clone(), precondition, events };
+    let appended = inner.store.append(req).await?;
+    inner.hub.publish(id, &appended);
+    Ok(appended)
+}
+
+async fn load_agent(inner: &Inner, name: &str, version: u32) -> Result<Arc<LoadedAgent>, String> {
+    if let Some(a) = inner.agents.get(name, version) {
+        return Ok(a);
+    }
+    let v = inner
+        .store
+        .get_agent(name, Some(version))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("agent {name:?} version {version} not found"))?;
+    let tools = agentrt_tools::ToolSet::for_agent(&v.spec).map_err(|e| e.to_string())?;
+    let provider = agentrt_model::provider_for(&v.spec.model, inner.http.clone()).map_err(|e| e.to_string());
+    Ok(inner.agents.insert(LoadedAgent { version: v, provider, tools }))
+}

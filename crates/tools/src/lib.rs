@@ -1,0 +1,133 @@
+//! Tools an agent can call. Every tool implements [`Tool`]; a [`ToolSet`]
+//! holds the tools one agent version may use, validates arguments against
+//! each tool's JSON Schema, and runs calls with a timeout.
+
+mod builtin;
+mod http;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentrt_store::Store;
+use agentrt_types::spec::AgentSpec;
+use agentrt_types::{SessionId, ToolDef, TurnId};
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use builtin::builtin;
+pub use http::HttpTool;
+
+/// What a tool call knows about where it runs.
+#[derive(Clone)]
+pub struct ToolContext {
+    pub session_id: SessionId,
+    pub turn_id: TurnId,
+    pub step: u32,
+    /// `{session}:{turn}:{step}`: the same on every retry of this call.
+    pub idempotency_key: String,
+    pub store: Arc<dyn Store>,
+    pub http: reqwest::Client,
+}
+
+/// Why a tool call failed. The message is shown to the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("unknown tool {0:?}")]
+    UnknownTool(String),
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    #[error("timed out after {} s", .0.as_secs_f64())]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A tool.
+#[async_trait]
+pub trait Tool: Send + Sync {
+    /// Name, description and input schema as offered to the model.
+    fn def(&self) -> &ToolDef;
+    /// Whether a call may be repeated after a crash without a second effect.
+    fn idempotent(&self) -> bool;
+    /// Longest a call may take.
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+    /// Runs the tool.
+    async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value, ToolError>;
+}
+
+/// A tool's schema did not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: invalid JSON Schema: {message}")]
+pub struct SchemaError {
+    pub path: String,
+    pub message: String,
+}
+
+struct Entry {
+    tool: Arc<dyn Tool>,
+    validator: jsonschema::Validator,
+}
+
+/// The tools of one agent version.
+pub struct ToolSet {
+    tools: BTreeMap<String, Entry>,
+}
+
+impl ToolSet {
+    /// Builds the tool set an agent spec declares.
+    pub fn for_agent(spec: &AgentSpec) -> Result<ToolSet, SchemaError> {
+        let mut tools: Vec<(String, Arc<dyn Tool>)> = Vec::new();
+        for name in spec.tools.enabled_builtins() {
+            if let Some(t) = builtin(&name) {
+                tools.push((name.clone(), t));
+            }
+        }
+        for (i, h) in spec.tools.http.iter().enumerate() {
+            tools.push((format!("tools.http[{i}].input_schema"), Arc::new(HttpTool::new(h.clone()))));
+        }
+        let mut map = BTreeMap::new();
+        for (path, tool) in tools {
+            let validator = jsonschema::validator_for(&tool.def().input_schema)
+                .map_err(|e| SchemaError { path, message: e.to_string() })?;
+            map.insert(tool.def().name.clone(), Entry { tool, validator });
+        }
+        Ok(ToolSet { tools: map })
+    }
+
+    /// Definitions to offer the model.
+    pub fn defs(&self) -> Vec<ToolDef> {
+        self.tools.values().map(|e| e.tool.def().clone()).collect()
+    }
+
+    /// Whether the named tool is idempotent (`false` for unknown tools).
+    pub fn is_idempotent(&self, name: &str) -> bool {
+        self.tools.get(name).is_some_and(|e| e.tool.idempotent())
+    }
+
+    /// Validates the arguments, then runs the tool under its timeout.
+    pub async fn call(&self, name: &str, ctx: &ToolContext, args: Value) -> Result<Value, ToolError> {
+        let entry = self.tools.get(name).ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
+        let problems: Vec<String> = entry
+            .validator
+            .iter_errors(&args)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(ToolError::InvalidArguments(problems.join("; ")));
+        }
+        let limit = entry.tool.timeout();
+        match tokio::time::timeout(limit, entry.tool.call(ctx, args)).await {
+            Ok(r) => r,
+            Err(_) => Err(ToolError::Timeout(limit)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
