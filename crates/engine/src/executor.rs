@@ -51,11 +51,6 @@ impl Executors {
             map.remove(id);
         }
     }
-
-    /// Number of sessions with a live executor.
-    pub fn active(&self) -> usize {
-        self.slots.lock().expect("executors lock poisoned").len()
-    }
 }
 
 /// Makes sure an executor is running (or will look again) for the session.

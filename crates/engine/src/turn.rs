@@ -51,14 +51,15 @@ impl From<StoreError> for Abort {
 
 /// Runs one turn to its end (or until aborted).
 pub(crate) async fn run(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary) -> Result<(), Abort> {
-    let cancel = slot.register(&turn.turn_id);
+    let turn_id = turn.turn_id.clone();
+    let cancel = slot.register(&turn_id);
     let result = TurnRun::start(inner, id, fence, cancel, turn).await;
     let result = match result {
         Ok(Some(mut run)) => run.drive().await,
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
-    // `slot` outlives the run; the token is only for this turn.
+    slot.unregister(&turn_id);
     result
 }
 

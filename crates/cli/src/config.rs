@@ -1,0 +1,160 @@
+//! Server configuration, layered: built-in defaults → TOML file
+//! (`--config`) → `AGENTRT_*` environment variables → command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// The effective server configuration (`agentrt config dump` prints it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Directory holding the SQLite database and the lock file.
+    pub data_dir: PathBuf,
+    /// `text` or `json` log lines on stderr.
+    pub log_format: LogFormat,
+    /// This node's name (lease holder); generated when empty.
+    pub node_id: String,
+    /// Seconds a session lease lasts without renewal.
+    pub lease_ttl_seconds: u64,
+    /// Largest turn input accepted, in bytes.
+    pub max_input_bytes: usize,
+    /// Seconds between SSE heartbeat comments.
+    pub sse_heartbeat_seconds: u64,
+    /// Timeout for model and HTTP tool requests, in seconds.
+    pub http_timeout_seconds: u64,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7700".parse().expect("valid default address"),
+            data_dir: default_data_dir(),
+            log_format: LogFormat::Text,
+            node_id: String::new(),
+            lease_ttl_seconds: 30,
+            max_input_bytes: 256 * 1024,
+            sse_heartbeat_seconds: 15,
+            http_timeout_seconds: 300,
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/agentrt`, else `~/.local/share/agentrt`, else `./agentrt-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("agentrt");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/agentrt");
+    }
+    PathBuf::from("agentrt-data")
+}
+
+/// Values given on the command line or in the environment (they win).
+#[derive(Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// A partial config file: every key optional.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    node_id: Option<String>,
+    lease_ttl_seconds: Option<u64>,
+    max_input_bytes: Option<usize>,
+    sse_heartbeat_seconds: Option<u64>,
+    http_timeout_seconds: Option<u64>,
+}
+
+impl Config {
+    /// Builds the effective config and validates it.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Config> {
+        let mut c = Config::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+            let f: FileConfig = toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))?;
+            macro_rules! take {
+                ($($field:ident),*) => { $(if let Some(v) = f.$field { c.$field = v; })* };
+            }
+            take!(listen, data_dir, log_format, node_id, lease_ttl_seconds, max_input_bytes, sse_heartbeat_seconds, http_timeout_seconds);
+        }
+        if let Some(v) = overrides.listen {
+            c.listen = v;
+        }
+        if let Some(v) = overrides.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = overrides.log_format {
+            c.log_format = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.lease_ttl_seconds < 3 {
+            bail!("lease-ttl-seconds must be at least 3");
+        }
+        if self.max_input_bytes == 0 || self.max_input_bytes > agentrt_api::MAX_BODY_BYTES / 2 {
+            bail!("max-input-bytes must be between 1 and {}", agentrt_api::MAX_BODY_BYTES / 2);
+        }
+        if self.sse_heartbeat_seconds == 0 {
+            bail!("sse-heartbeat-seconds must be at least 1");
+        }
+        if self.http_timeout_seconds == 0 {
+            bail!("http-timeout-seconds must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nlease-ttl-seconds = 10\n").unwrap();
+        let c = Config::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!((c.listen.port(), c.lease_ttl_seconds), (9000, 10));
+        let o = Overrides { listen: Some("127.0.0.1:9001".parse().unwrap()), ..Default::default() };
+        assert_eq!(Config::load(Some(&path), o).unwrap().listen.port(), 9001);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listn = \"x\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&path), Overrides::default()).unwrap_err());
+        assert!(err.contains("listn"), "{err}");
+        std::fs::write(&path, "lease-ttl-seconds = 1\n").unwrap();
+        assert!(Config::load(Some(&path), Overrides::default()).is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! `agentrt`: the runtime server and its command-line client in one binary.
+
+mod audit;
+mod client;
+mod commands;
+mod config;
+mod output;
+mod render;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat, Overrides};
+
+#[derive(Parser)]
+#[command(name = "agentrt", version, about = "A durable runtime for AI agents: server and client.")]
+struct Cli {
+    /// Server URL for client commands.
+    #[arg(long, global = true, env = "AGENTRT_URL", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// Print JSON instead of readable text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Server settings shared by `serve` and `config dump`.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:7700].
+    #[arg(long, env = "AGENTRT_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: $XDG_DATA_HOME/agentrt or ~/.local/share/agentrt].
+    #[arg(long, env = "AGENTRT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML config file.
+    #[arg(long, env = "AGENTRT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, env = "AGENTRT_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl ServerArgs {
+    fn load(self) -> anyhow::Result<Config> {
+        Config::load(
+            self.config.as_deref(),
+            Overrides { listen: self.listen, data_dir: self.data_dir, log_format: self.log_format },
+        )
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the runtime server.
+    Serve(ServerArgs),
+    /// Inspect the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Register and inspect agents.
+    #[command(subcommand)]
+    Agent(commands::AgentCommand),
+    /// Create, drive and inspect sessions.
+    #[command(subcommand)]
+    Session(commands::SessionCommand),
+    /// Create a session, send TEXT, stream progress and print the answer.
+    Run {
+        #[arg(long)]
+        agent: String,
+        text: String,
+    },
+    /// Verify the tamper-evident event log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective server configuration as TOML.
+    Dump(ServerArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            output::error(&format!("cannot start the async runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            output::error(&format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = commands::Ctx { server: cli.server, json: cli.json };
+    match cli.command {
+        Command::Serve(args) => serve::serve(args.load()?).await.map(|_| ExitCode::SUCCESS),
+        Command::Config(ConfigCommand::Dump(args)) => {
+            let config = args.load()?;
+            output::partial(&toml::to_string_pretty(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent(c) => commands::agent(&ctx, c).await,
+        Command::Session(c) => commands::session(&ctx, c).await,
+        Command::Run { agent, text } => commands::run(&ctx, &agent, &text).await,
+        Command::Audit(c) => audit::audit(&ctx, c).await,
+    }
+}

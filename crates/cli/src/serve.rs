@@ -1,0 +1,95 @@
+//! `agentrt serve`: wires store, engine and API together and runs them.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentrt_api::{router, AppState};
+use agentrt_engine::{Engine, EngineConfig};
+use agentrt_store::sqlite::SqliteStore;
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat};
+use crate::output;
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    init_logging(config.log_format);
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    // One process per data dir: the lock makes it safe to take over the
+    // leases a previous (crashed) run left behind without waiting for them.
+    let lock_path = config.data_dir.join("agentrt.lock");
+    let lock = File::create(&lock_path).with_context(|| format!("create {}", lock_path.display()))?;
+    lock.try_lock()
+        .map_err(|_| anyhow::anyhow!("data dir {} is in use by another agentrt process", config.data_dir.display()))?;
+
+    let db = config.data_dir.join("agentrt.db");
+    let store = Arc::new(SqliteStore::open(&db).with_context(|| format!("open store {}", db.display()))?);
+    let mut engine_config = EngineConfig {
+        lease_ttl: config.lease_ttl(),
+        exclusive_store: true,
+        max_input_bytes: config.max_input_bytes,
+        http_timeout: Duration::from_secs(config.http_timeout_seconds),
+        ..EngineConfig::default()
+    };
+    if !config.node_id.is_empty() {
+        engine_config.node_id = config.node_id.clone();
+    }
+    let engine = Engine::new(store, engine_config)?;
+    let resumed = engine.start().await.context("resume unfinished turns")?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
+    let addr = listener.local_addr().context("read bound address")?;
+    let shutdown = CancellationToken::new();
+    let app = router(AppState { engine: engine.clone(), shutdown: shutdown.clone(), heartbeat: Duration::from_secs(config.sse_heartbeat_seconds) });
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), node = engine.node_id(), resumed, "agentrt serving");
+    output::line(&format!("agentrt listening on http://{addr}"));
+
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        })
+        .await
+        .context("serve HTTP")?;
+    engine.shutdown(Duration::from_secs(5)).await;
+    drop(lock);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
