@@ -8,6 +8,7 @@ use agentrt_store::SessionFilter;
 use agentrt_types::spec::SpecFormat;
 use agentrt_types::{SessionId, SessionStatus};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,13 +38,23 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method; see /v1/openapi.json")
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint; see /v1/openapi.json")
 }
 
 // ----- agents -----
 
-pub async fn put_agent(State(s): State<AppState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn put_agent(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| ApiError::new(r.status(), "body_too_large", format!("the spec must be at most {} bytes", crate::MAX_BODY_BYTES)))?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_body", "the spec must be UTF-8 text"))?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let format = if content_type.contains("json") {

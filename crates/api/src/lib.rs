@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/events", get(sse::events))
         .route("/v1/sessions/{id}/verify", get(verify_session))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -91,8 +91,12 @@ async fn bad_requests_get_structured_errors() {
     let (s, v) = api.call("GET", "/v1/nope", None, "").await;
     assert_eq!((s, v["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("route_not_found")));
     let big = "x".repeat(crate::MAX_BODY_BYTES + 10);
-    let (s, _) = api.call("PUT", "/v1/agents/x", None, &big).await;
-    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, v) = api.call("PUT", "/v1/agents/x", None, &big).await;
+    assert_eq!((s, v["error"]["code"].clone()), (StatusCode::PAYLOAD_TOO_LARGE, json!("body_too_large")));
+    let (s, v) = api.call("PATCH", "/v1/sessions", None, "").await;
+    assert_eq!((s, v["error"]["code"].clone()), (StatusCode::METHOD_NOT_ALLOWED, json!("method_not_allowed")));
+    let (s, v) = api.call("GET", "/v1/sessions/ses_0190000000007000800000000000000a/events?after=5", None, "").await;
+    assert_eq!((s, v["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("session_not_found")));
 }
 
 #[tokio::test]

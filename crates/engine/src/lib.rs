@@ -331,7 +331,7 @@ impl Engine {
     /// Events after `after`, at most `limit`.
     pub async fn read_events(&self, id: &SessionId, after: u64, limit: usize) -> Result<Vec<Event>, EngineError> {
         let events = self.inner.store.read_events(id, after, limit).await?;
-        if events.is_empty() && after == 0 {
+        if events.is_empty() {
             self.get_session(id).await?;
         }
         Ok(events)

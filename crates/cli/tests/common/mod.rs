@@ -1,0 +1,278 @@
+//! Harness for end-to-end tests: the real `agentrt` binary on a random port
+//! with a temp data dir, killed with SIGKILL and restarted; a counting HTTP
+//! server for tool side effects; an SSE reader.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as AxPath, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_agentrt");
+
+/// A running `agentrt serve`.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts the server on a random port and waits until it listens.
+    pub fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agentrt");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().expect("agentrt exited before listening").expect("read stdout");
+            if let Some(rest) = line.strip_prefix("agentrt listening on ") {
+                break rest.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url, data_dir: data_dir.to_owned(), http: reqwest::Client::new() }
+    }
+
+    /// SIGKILLs the server (no graceful shutdown).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (s, v) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Registers an agent from TOML text.
+    pub async fn apply(&self, name: &str, toml: &str) {
+        let resp = self
+            .http
+            .put(format!("{}/v1/agents/{name}", self.url))
+            .header("content-type", "application/toml")
+            .body(toml.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        assert_eq!(status, 201, "apply {name}: {}", resp.text().await.unwrap());
+    }
+
+    pub async fn session(&self, agent: &str) -> String {
+        let (s, v) = self.post("/v1/sessions", json!({"agent": agent})).await;
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn submit(&self, session: &str, input: &str) -> String {
+        let (s, v) = self.post(&format!("/v1/sessions/{session}/turns"), json!({"input": input})).await;
+        assert_eq!(s, 202, "{v}");
+        v["turn_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits (server-side, up to 60 s) until the turn ends; returns it.
+    pub async fn wait_turn(&self, session: &str, turn: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (s, v) = self.call(reqwest::Method::GET, &format!("/v1/sessions/{session}/turns/{turn}?wait=20"), None).await;
+            assert_eq!(s, 200, "{v}");
+            if ["completed", "failed", "cancelled"].contains(&v["status"].as_str().unwrap_or("")) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "turn {turn} did not end: {v}");
+        }
+    }
+
+    /// Every event of the session.
+    pub async fn events(&self, session: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.get(&format!("/v1/sessions/{session}/events?after={after}&limit=1000")).await;
+            let events = page["events"].as_array().unwrap().clone();
+            if events.is_empty() {
+                return all;
+            }
+            after = events.last().unwrap()["seq"].as_u64().unwrap();
+            all.extend(events);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `agentrt` with arguments; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str], server: Option<&str>) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    if let Some(url) = server {
+        cmd.env("AGENTRT_URL", url);
+    }
+    let out = cmd.output().expect("run agentrt");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Checks the log is contiguous from 1 and its chain verifies offline.
+pub fn assert_log_verifies(data_dir: &Path) {
+    let (code, out, err) = cli(&["audit", "verify", "--data-dir", data_dir.to_str().unwrap()], None);
+    assert_eq!(code, 0, "audit verify failed:\n{out}\n{err}");
+    assert!(out.contains("ok "), "{out}");
+}
+
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+pub fn types(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+}
+
+/// A local HTTP server that counts tool calls by path and Idempotency-Key.
+/// Paths listed in `hold` block each request until `release()`.
+#[derive(Clone)]
+pub struct Counter {
+    pub url: String,
+    state: Arc<CounterState>,
+}
+
+#[derive(Default)]
+struct CounterState {
+    calls: Mutex<Vec<(String, String)>>,
+    arrived: Notify,
+    hold: Mutex<HashMap<String, bool>>,
+    release: Notify,
+    delays: Mutex<HashMap<String, Duration>>,
+}
+
+impl Counter {
+    pub async fn start() -> Counter {
+        let state = Arc::new(CounterState::default());
+        let app = axum::Router::new().route("/{name}", axum::routing::post(counter_handler)).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Counter { url, state }
+    }
+
+    /// Requests to `/name` block until [`Counter::release`].
+    pub fn hold(&self, name: &str) {
+        self.state.hold.lock().unwrap().insert(name.to_owned(), true);
+    }
+
+    pub fn delay(&self, name: &str, d: Duration) {
+        self.state.delays.lock().unwrap().insert(name.to_owned(), d);
+    }
+
+    pub fn release(&self) {
+        self.state.hold.lock().unwrap().clear();
+        self.state.release.notify_waiters();
+    }
+
+    /// Waits until a request to `/name` has arrived.
+    pub async fn wait_for(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let notified = self.state.arrived.notified();
+            if self.count(name) > 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no call to /{name} arrived");
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.state.calls.lock().unwrap().iter().filter(|(n, _)| n == name).count()
+    }
+
+    /// Idempotency keys seen for `/name`, in arrival order.
+    pub fn keys(&self, name: &str) -> Vec<String> {
+        self.state.calls.lock().unwrap().iter().filter(|(n, _)| n == name).map(|(_, k)| k.clone()).collect()
+    }
+}
+
+async fn counter_handler(State(st): State<Arc<CounterState>>, AxPath(name): AxPath<String>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    st.calls.lock().unwrap().push((name.clone(), key));
+    st.arrived.notify_waiters();
+    loop {
+        let released = st.release.notified();
+        if !st.hold.lock().unwrap().get(&name).copied().unwrap_or(false) {
+            break;
+        }
+        released.await;
+    }
+    let delay = st.delays.lock().unwrap().get(&name).copied();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    Json(json!({"ok": true, "tool": name, "echo": body}))
+}
+
+/// Reads SSE events from a session; `max` events or until `stop` matches.
+pub async fn read_sse(url: &str, session: &str, last_event_id: Option<u64>, max: usize, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut req = reqwest::Client::new().get(format!("{url}/v1/sessions/{session}/events")).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id.to_string());
+    }
+    let resp = req.send().await.expect("open SSE");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut stream = eventsource_stream::EventStream::new(resp.bytes_stream());
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while out.len() < max {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await.expect("SSE read timed out");
+        let Some(Ok(ev)) = next else { break };
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(ev.id, v["seq"].to_string(), "SSE id must be the seq");
+        let done = stop(&v);
+        out.push(v);
+        if done {
+            break;
+        }
+    }
+    out
+}
