@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentrt_store::sqlite::Durability;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,10 @@ pub struct Config {
     pub sse_heartbeat_seconds: u64,
     /// Timeout for model and HTTP tool requests, in seconds.
     pub http_timeout_seconds: u64,
+    /// `fsync` (every commit survives power loss) or `os-buffered`
+    /// (survives a crash of agentrt; faster; the last commits can be lost
+    /// on power loss).
+    pub store_durability: Durability,
 }
 
 /// Log line format.
@@ -49,6 +54,7 @@ impl Default for Config {
             max_input_bytes: 256 * 1024,
             sse_heartbeat_seconds: 15,
             http_timeout_seconds: 300,
+            store_durability: Durability::Fsync,
         }
     }
 }
@@ -84,6 +90,7 @@ struct FileConfig {
     max_input_bytes: Option<usize>,
     sse_heartbeat_seconds: Option<u64>,
     http_timeout_seconds: Option<u64>,
+    store_durability: Option<Durability>,
 }
 
 impl Config {
@@ -96,7 +103,7 @@ impl Config {
             macro_rules! take {
                 ($($field:ident),*) => { $(if let Some(v) = f.$field { c.$field = v; })* };
             }
-            take!(listen, data_dir, log_format, node_id, lease_ttl_seconds, max_input_bytes, sse_heartbeat_seconds, http_timeout_seconds);
+            take!(listen, data_dir, log_format, node_id, lease_ttl_seconds, max_input_bytes, sse_heartbeat_seconds, http_timeout_seconds, store_durability);
         }
         if let Some(v) = overrides.listen {
             c.listen = v;

@@ -25,7 +25,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("data dir {} is in use by another agentrt process", config.data_dir.display()))?;
 
     let db = config.data_dir.join("agentrt.db");
-    let store = Arc::new(SqliteStore::open(&db).with_context(|| format!("open store {}", db.display()))?);
+    let store = Arc::new(SqliteStore::open_with(&db, config.store_durability).with_context(|| format!("open store {}", db.display()))?);
     let mut engine_config = EngineConfig {
         lease_ttl: config.lease_ttl(),
         exclusive_store: true,

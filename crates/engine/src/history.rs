@@ -11,7 +11,9 @@ pub const UNKNOWN_OUTCOME: &str =
 /// The conversation as of the events seen so far.
 #[derive(Default)]
 pub struct Conversation {
-    pub messages: Vec<Message>,
+    /// Shared with in-flight model requests; copied only if one is alive
+    /// when a message is added.
+    pub messages: std::sync::Arc<Vec<Message>>,
     inputs: std::collections::HashMap<TurnId, String>,
 }
 
@@ -24,13 +26,13 @@ impl Conversation {
             }
             EventData::TurnStarted { turn_id, .. } => {
                 if let Some(input) = self.inputs.remove(turn_id) {
-                    self.messages.push(Message::User { content: input });
+                    std::sync::Arc::make_mut(&mut self.messages).push(Message::User { content: input });
                 }
             }
             EventData::ModelCompleted { content, tool_calls, .. } => {
-                self.messages.push(Message::Assistant { content: content.clone(), tool_calls: tool_calls.clone() })
+                std::sync::Arc::make_mut(&mut self.messages).push(Message::Assistant { content: content.clone(), tool_calls: tool_calls.clone() })
             }
-            EventData::ToolCompleted { call_id, tool, outcome, output, .. } => self.messages.push(Message::Tool {
+            EventData::ToolCompleted { call_id, tool, outcome, output, .. } => std::sync::Arc::make_mut(&mut self.messages).push(Message::Tool {
                 tool_call_id: call_id.clone(),
                 name: tool.clone(),
                 content: tool_content(*outcome, output),

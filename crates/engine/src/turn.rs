@@ -187,13 +187,14 @@ impl TurnRun {
                 let secs = self.agent().version.spec.limits.max_turn_seconds;
                 return self.fail(carry, "max_turn_seconds", &format!("turn exceeded max_turn_seconds ({secs} s)")).await;
             }
-            if !self.progress.open_tools.is_empty() {
+            if self.has_unrun_tools(&carry) {
                 carry = self.run_tools(carry).await?;
                 self.recovering = false;
                 continue;
             }
             let max_steps = self.agent().version.spec.limits.max_steps;
-            if self.progress.steps_done >= max_steps {
+            let carried = carry.iter().filter(|e| matches!(e.data, EventData::ToolCompleted { .. })).count() as u32;
+            if self.progress.steps_done + carried >= max_steps {
                 return self.fail(carry, "max_steps", &format!("turn reached max_steps ({max_steps}) without a final answer")).await;
             }
             let step = match self.progress.open_model {
@@ -361,6 +362,14 @@ impl TurnRun {
             }
         }
         Ok(done)
+    }
+
+    /// Whether some open tool intent has no result yet, neither in the log
+    /// nor in `carry` (results waiting to be appended).
+    fn has_unrun_tools(&self, carry: &[NewEvent]) -> bool {
+        self.progress.open_tools.iter().any(|t| {
+            !carry.iter().any(|e| matches!(&e.data, EventData::ToolCompleted { call_id, .. } if *call_id == t.call.id))
+        })
     }
 
     fn completed(&self, call: &OpenToolCall, outcome: Outcome, output: Value, latency_us: u64, attempts: u32) -> NewEvent {

@@ -67,7 +67,7 @@ pub fn request_body(request: &ModelRequest) -> Value {
     // tool results: Anthropic wants all results of one assistant message in
     // the single user message that follows it.
     let mut results_at: Option<usize> = None;
-    for message in &request.messages {
+    for message in request.messages.iter() {
         match message {
             Message::Tool { tool_call_id, content, is_error, .. } => {
                 let mut block = json!({"type": "tool_result", "tool_use_id": tool_call_id, "content": content});

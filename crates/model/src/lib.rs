@@ -28,7 +28,8 @@ pub struct ModelRequest {
     pub model: String,
     /// System instructions.
     pub instructions: String,
-    pub messages: Vec<Message>,
+    /// Shared with the caller, so a long conversation is not copied per call.
+    pub messages: Arc<Vec<Message>>,
     pub tools: Vec<ToolDef>,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,

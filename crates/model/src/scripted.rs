@@ -127,9 +127,19 @@ fn approx_tokens(m: &Message) -> u64 {
         Message::User { content } => approx_text(content),
         Message::Assistant { content, tool_calls } => {
             content.as_deref().map(approx_text).unwrap_or(0)
-                + tool_calls.iter().map(|c| approx_text(&c.arguments.to_string())).sum::<u64>()
+                + tool_calls.iter().map(|c| json_bytes(&c.arguments).div_ceil(4)).sum::<u64>()
         }
         Message::Tool { content, .. } => approx_text(content),
+    }
+}
+
+/// Roughly the serialized size of a JSON value, without serializing it.
+fn json_bytes(v: &Value) -> u64 {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 5,
+        Value::String(s) => s.len() as u64 + 2,
+        Value::Array(a) => 2 + a.iter().map(json_bytes).sum::<u64>() + a.len() as u64,
+        Value::Object(o) => 2 + o.iter().map(|(k, x)| k.len() as u64 + 4 + json_bytes(x)).sum::<u64>(),
     }
 }
 
@@ -141,7 +151,7 @@ mod tests {
         ModelRequest {
             model: String::new(),
             instructions: String::new(),
-            messages,
+            messages: messages.into(),
             tools: vec![],
             temperature: None,
             max_tokens: None,

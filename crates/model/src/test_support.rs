@@ -12,7 +12,7 @@ pub(crate) fn full_request() -> ModelRequest {
     ModelRequest {
         model: "test-model".into(),
         instructions: "You are terse.".into(),
-        messages: vec![
+        messages: std::sync::Arc::new(vec![
             Message::User { content: "What is stored under greeting, and what time is it?".into() },
             Message::Assistant {
                 content: Some("Let me look.".into()),
@@ -23,7 +23,7 @@ pub(crate) fn full_request() -> ModelRequest {
             },
             Message::Tool { tool_call_id: "call_1".into(), name: "kv.get".into(), content: "\"hello\"".into(), is_error: false },
             Message::Tool { tool_call_id: "call_2".into(), name: "clock.now".into(), content: "clock unavailable".into(), is_error: true },
-        ],
+        ]),
         tools: vec![
             ToolDef {
                 name: "kv.get".into(),

@@ -43,7 +43,7 @@ async fn tool_use_round_trip() {
     let mut request = ModelRequest {
         model: "test-model".into(),
         instructions: "Be brief.".into(),
-        messages: vec![Message::User { content: "Greeting and time?".into() }],
+        messages: vec![Message::User { content: "Greeting and time?".into() }].into(),
         tools: vec![tool("kv.get"), tool("clock.now")],
         temperature: None,
         max_tokens: None,
@@ -60,9 +60,9 @@ async fn tool_use_round_trip() {
     let usage = Usage { input_tokens: 50, output_tokens: 20 };
     assert_eq!(first, ModelResponse { content: Some("Looking.".into()), tool_calls: calls, usage });
 
-    request.messages.push(Message::Assistant { content: first.content, tool_calls: first.tool_calls });
+    std::sync::Arc::make_mut(&mut request.messages).push(Message::Assistant { content: first.content, tool_calls: first.tool_calls });
     for (id, name, content, is_error) in [("toolu_1", "kv.get", "\"hello\"", false), ("toolu_2", "clock.now", "clock unavailable", true)] {
-        request.messages.push(Message::Tool { tool_call_id: id.into(), name: name.into(), content: content.into(), is_error });
+        std::sync::Arc::make_mut(&mut request.messages).push(Message::Tool { tool_call_id: id.into(), name: name.into(), content: content.into(), is_error });
     }
     let second = provider.complete(&request).await.expect("second call succeeds");
     let usage = Usage { input_tokens: 90, output_tokens: 11 };

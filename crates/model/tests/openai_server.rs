@@ -31,7 +31,7 @@ fn request(content: &str, stream: bool) -> ModelRequest {
     ModelRequest {
         model: "test-model".into(),
         instructions: "Be brief.".into(),
-        messages: vec![Message::User { content: content.into() }],
+        messages: vec![Message::User { content: content.into() }].into(),
         tools: vec![kv_get()],
         temperature: Some(0.0),
         max_tokens: None,
@@ -94,8 +94,8 @@ async fn tool_call_round_trip() {
     let usage = Usage { input_tokens: 12, output_tokens: 9 };
     assert_eq!(first, ModelResponse { content: None, tool_calls: vec![call.clone()], usage });
 
-    request.messages.push(Message::Assistant { content: None, tool_calls: first.tool_calls });
-    request.messages.push(Message::Tool {
+    std::sync::Arc::make_mut(&mut request.messages).push(Message::Assistant { content: None, tool_calls: first.tool_calls });
+    std::sync::Arc::make_mut(&mut request.messages).push(Message::Tool {
         tool_call_id: "call_7".into(),
         name: "kv.get".into(),
         content: "\"hello\"".into(),

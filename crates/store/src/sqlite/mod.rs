@@ -20,6 +20,19 @@ use self::schema::db;
 use self::writer::WriteOp;
 use crate::{AgentInfo, AgentVersion, AppendRequest, NewSession, SessionFilter, Store, StoreError};
 
+/// When a commit counts as durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Every commit is fsync'd (`synchronous=FULL`): survives power loss.
+    #[default]
+    Fsync,
+    /// Commits reach the OS before they are acknowledged but are fsync'd
+    /// only at checkpoints (`synchronous=NORMAL`): survives a crash or
+    /// SIGKILL of agentrt, but the last commits can be lost on power loss.
+    OsBuffered,
+}
+
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
@@ -28,10 +41,16 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating and migrating if needed) the database at `path`.
+    /// Opens (creating and migrating if needed) the database at `path`,
+    /// fsyncing every commit.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path, Durability::Fsync)
+    }
+
+    /// Opens the database with the given durability.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
         let mut conn = Connection::open(path).map_err(db)?;
-        schema::configure(&conn)?;
+        schema::configure(&conn, durability)?;
         schema::migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()

@@ -76,11 +76,15 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 /// Connection settings shared by the writer and the readers.
-pub fn configure(conn: &Connection) -> Result<(), StoreError> {
+pub fn configure(conn: &Connection, durability: super::Durability) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
     // FULL: every commit is fsync'd, so an acknowledged append survives a
     // power loss, not just a process crash.
-    conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+    let synchronous = match durability {
+        super::Durability::Fsync => "FULL",
+        super::Durability::OsBuffered => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous).map_err(db)?;
     conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
     Ok(())
 }

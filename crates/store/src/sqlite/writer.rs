@@ -61,9 +61,27 @@ impl Done {
     }
 }
 
+/// How long the writer polls for the next request after a commit before it
+/// sleeps. An executor usually sends its next append within this window;
+/// catching it without a sleep/wake cycle saves a thread wake-up per step.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Next request: polls for [`LINGER`] first, then blocks.
+fn next_op(rx: &mpsc::Receiver<WriteOp>) -> Option<WriteOp> {
+    let until = std::time::Instant::now() + LINGER;
+    loop {
+        match rx.try_recv() {
+            Ok(op) => return Some(op),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if std::time::Instant::now() < until => std::hint::spin_loop(),
+            Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+        }
+    }
+}
+
 /// Runs the writer loop until every sender is dropped.
 pub fn run(mut conn: Connection, rx: mpsc::Receiver<WriteOp>) {
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = next_op(&rx) {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {

@@ -1,0 +1,134 @@
+//! `agentrt-bench`: the runtime benchmarks of docs/benchmarks.md, with the
+//! LangGraph peer's numbers side by side. Run through `bench/run.sh`.
+#![allow(clippy::print_stdout)]
+
+mod idle;
+mod inproc;
+mod stats;
+mod timed_store;
+
+use std::path::PathBuf;
+
+use agentrt_store::sqlite::Durability;
+use anyhow::Context;
+use clap::Parser;
+use serde_json::Value;
+
+use crate::stats::us;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks the agentrt runtime and prints a markdown table.")]
+struct Args {
+    /// Model replies with a tool call per turn in the step benchmarks (2N+1 steps a turn).
+    #[arg(long, default_value_t = 100)]
+    tool_calls: u32,
+    /// Turns measured for per-step overhead.
+    #[arg(long, default_value_t = 5)]
+    turns: usize,
+    /// Idle sessions to create.
+    #[arg(long, default_value_t = 10_000)]
+    idle_sessions: usize,
+    /// Concurrency levels for the throughput benchmark.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 10, 100, 1000])]
+    concurrency: Vec<usize>,
+    /// The agentrt binary for the idle-session benchmark.
+    #[arg(long, default_value = "target/release/agentrt")]
+    agentrt_bin: PathBuf,
+    /// JSON printed by bench/peer/langgraph_loop.py, for the side-by-side row.
+    #[arg(long)]
+    peer_json: Option<PathBuf>,
+    /// Directory for temporary stores (on the disk being measured).
+    #[arg(long, default_value = "target/bench-tmp")]
+    tmp: PathBuf,
+    /// Also write the table to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.tmp).context("create temp dir")?;
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut row = |what: &str, result: String, target: &str| {
+        println!("{what}: {result}");
+        rows.push((what.to_owned(), result, target.to_owned()));
+    };
+
+    let steps_per_turn = 2 * args.tool_calls + 1;
+    // Warm-up of each store: a fresh database's WAL grows on every commit,
+    // which costs a metadata flush per fsync; a running server's WAL has
+    // reached its steady size and is reused after each checkpoint.
+    let mut step = stats::Stats::default();
+    for (durability, label) in [(Durability::Fsync, "fsync per commit"), (Durability::OsBuffered, "os-buffered")] {
+        let rig = inproc::rig(&args.tmp, durability).await?;
+        inproc::step_overhead(&rig, 500, 2).await?;
+        let a = inproc::append_latency(&rig, 2000).await?;
+        row(&format!("store append, {label} ({} appends)", a.n), format!("p50 {} · p99 {}", us(a.p50), us(a.p99)), "");
+        let s = inproc::step_overhead(&rig, args.tool_calls, args.turns).await?;
+        row(
+            &format!("durable step overhead, {label} ({} steps, {} turns of {steps_per_turn})", s.n, args.turns),
+            format!("p50 {} · p99 {} · mean {}", us(s.p50), us(s.p99), us(s.mean)),
+            if durability == Durability::Fsync { "p50 < 250 µs" } else { "" },
+        );
+        if durability == Durability::Fsync {
+            step = s;
+        }
+    }
+
+    for &c in &args.concurrency {
+        let rig = inproc::rig(&args.tmp, Durability::Fsync).await?;
+        // Keep total work similar across levels: fewer steps per session at high concurrency.
+        let tool_calls = match c {
+            0..=10 => 50,
+            11..=100 => 20,
+            _ => 5,
+        };
+        let sps = inproc::throughput(&rig, c, tool_calls).await?;
+        let target = if c == 100 { "≥ 5,000 steps/s" } else { "" };
+        row(&format!("throughput, {c} concurrent sessions ({} steps each)", 2 * tool_calls + 1), format!("{sps:.0} steps/s"), target);
+    }
+
+    let rig = inproc::rig(&args.tmp, Durability::Fsync).await?;
+    let sse = inproc::sse_latency(&rig, args.tool_calls).await?;
+    row(&format!("append → SSE client latency ({} events)", sse.n), format!("p50 {} · p99 {}", us(sse.p50), us(sse.p99)), "");
+    drop(rig);
+
+    let idle = idle::idle_sessions(&args.agentrt_bin, &args.tmp, args.idle_sessions).await?;
+    row(
+        &format!("{} idle sessions via HTTP", idle.sessions),
+        format!(
+            "created in {:.2} s ({:.0}/s) · server RSS after {:.1} MiB (peak {:.1} MiB)",
+            idle.elapsed.as_secs_f64(),
+            idle.sessions as f64 / idle.elapsed.as_secs_f64(),
+            idle.rss_kib as f64 / 1024.0,
+            idle.peak_rss_kib as f64 / 1024.0
+        ),
+        "RSS < 200 MB",
+    );
+
+    if let Some(path) = &args.peer_json {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let peer: Value = serde_json::from_str(&text).context("parse peer JSON")?;
+        let p50 = peer["per_step_us_p50"].as_f64().unwrap_or(f64::NAN);
+        let p99 = peer["per_step_us_p99"].as_f64().unwrap_or(f64::NAN);
+        let steps = peer["steps_per_run"].as_u64().unwrap_or(0);
+        row(
+            &format!("LangGraph {} + SqliteSaver, same loop ({steps} steps/run)", peer["langgraph_version"].as_str().unwrap_or("?")),
+            format!("p50 {p50:.1} µs · p99 {p99:.1} µs (synchronous={}, journal={})", peer["sqlite_synchronous"].as_str().unwrap_or("?"), peer["journal_mode"].as_str().unwrap_or("?")),
+            "",
+        );
+        let ratio = p50 / (step.p50.as_secs_f64() * 1e6);
+        row("agentrt vs LangGraph, per-step p50", format!("{ratio:.1}× faster"), "≥ 10×");
+    }
+
+    let mut table = String::from("| benchmark | result | target |\n|---|---|---|\n");
+    for (what, result, target) in &rows {
+        table.push_str(&format!("| {what} | {result} | {target} |\n"));
+    }
+    println!("\n{table}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &table).with_context(|| format!("write {}", out.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! A [`Store`] wrapper that records when each append committed, so the
+//! benchmark can measure append-to-client latency precisely.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use agentrt_store::{AgentInfo, AgentVersion, AppendRequest, NewSession, SessionFilter, Store, StoreError};
+use agentrt_types::event::StoredRecord;
+use agentrt_types::{AgentSpec, Event, SessionId, SessionSummary, TurnId, TurnSummary};
+use async_trait::async_trait;
+use serde_json::Value;
+
+/// Commit instants by (session, seq).
+pub type Commits = Arc<Mutex<HashMap<(SessionId, u64), Instant>>>;
+
+pub struct TimedStore {
+    pub inner: Arc<dyn Store>,
+    pub commits: Commits,
+}
+
+#[async_trait]
+impl Store for TimedStore {
+    async fn append(&self, request: AppendRequest) -> Result<Vec<Event>, StoreError> {
+        let events = self.inner.append(request).await?;
+        let now = Instant::now();
+        let mut c = self.commits.lock().expect("commits lock");
+        for e in &events {
+            c.insert((e.body.session_id.clone(), e.seq()), now);
+        }
+        Ok(events)
+    }
+    async fn put_agent(&self, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
+        self.inner.put_agent(name, spec).await
+    }
+    async fn get_agent(&self, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError> {
+        self.inner.get_agent(name, version).await
+    }
+    async fn list_agents(&self) -> Result<Vec<AgentInfo>, StoreError> {
+        self.inner.list_agents().await
+    }
+    async fn create_session(&self, new: NewSession) -> Result<(SessionSummary, Event), StoreError> {
+        self.inner.create_session(new).await
+    }
+    async fn get_session(&self, id: &SessionId) -> Result<Option<SessionSummary>, StoreError> {
+        self.inner.get_session(id).await
+    }
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>, StoreError> {
+        self.inner.list_sessions(filter).await
+    }
+    async fn read_events(&self, id: &SessionId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.inner.read_events(id, after, limit).await
+    }
+    async fn read_records(&self, id: &SessionId) -> Result<Vec<StoredRecord>, StoreError> {
+        self.inner.read_records(id).await
+    }
+    async fn get_turn(&self, session: &SessionId, turn: &TurnId) -> Result<Option<TurnSummary>, StoreError> {
+        self.inner.get_turn(session, turn).await
+    }
+    async fn find_turn_by_key(&self, session: &SessionId, key: &str) -> Result<Option<TurnSummary>, StoreError> {
+        self.inner.find_turn_by_key(session, key).await
+    }
+    async fn unfinished_turns(&self, session: &SessionId) -> Result<Vec<TurnSummary>, StoreError> {
+        self.inner.unfinished_turns(session).await
+    }
+    async fn sessions_with_unfinished_turns(&self) -> Result<Vec<SessionId>, StoreError> {
+        self.inner.sessions_with_unfinished_turns().await
+    }
+    async fn acquire_lease(&self, session: &SessionId, holder: &str, ttl_ms: i64, force: bool) -> Result<Option<u64>, StoreError> {
+        self.inner.acquire_lease(session, holder, ttl_ms, force).await
+    }
+    async fn release_lease(&self, session: &SessionId, holder: &str, token: u64) -> Result<(), StoreError> {
+        self.inner.release_lease(session, holder, token).await
+    }
+    async fn renew_leases(&self, holder: &str, ttl_ms: i64) -> Result<u64, StoreError> {
+        self.inner.renew_leases(holder, ttl_ms).await
+    }
+    async fn kv_get(&self, session: &SessionId, key: &str) -> Result<Option<Value>, StoreError> {
+        self.inner.kv_get(session, key).await
+    }
+    async fn kv_set(&self, session: &SessionId, key: &str, value: &Value) -> Result<(), StoreError> {
+        self.inner.kv_set(session, key, value).await
+    }
+}
