@@ -88,11 +88,7 @@ idempotent = true
 
 #[tokio::test]
 async fn idempotency_key_returns_the_same_turn() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = Counter::start().await;
-    let server = Server::start(dir.path());
-    server.apply("slow", &SLOW_AGENT.replace("COUNTER", &counter.url)).await;
-    let session = server.session("slow").await;
+    let Rig { dir: _dir, counter, server, session } = rig("slow", SLOW_AGENT, None).await;
     let send = || {
         server
             .http
@@ -120,12 +116,7 @@ async fn idempotency_key_returns_the_same_turn() {
 
 #[tokio::test]
 async fn on_busy_reject_queue_and_interrupt() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = Counter::start().await;
-    counter.hold("slow");
-    let server = Server::start(dir.path());
-    server.apply("slow", &SLOW_AGENT.replace("COUNTER", &counter.url)).await;
-    let session = server.session("slow").await;
+    let Rig { dir: _dir, counter, server, session } = rig("slow", SLOW_AGENT, Some("slow")).await;
     let first = server.submit(&session, "first").await;
     counter.wait_for("slow").await;
 
@@ -160,12 +151,7 @@ async fn assert_log_verifies_remote(server: &Server, session: &str) {
 
 #[tokio::test]
 async fn cancel_and_terminate() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = Counter::start().await;
-    counter.hold("slow");
-    let server = Server::start(dir.path());
-    server.apply("slow", &SLOW_AGENT.replace("COUNTER", &counter.url)).await;
-    let session = server.session("slow").await;
+    let Rig { dir: _dir, counter, server, session } = rig("slow", SLOW_AGENT, Some("slow")).await;
     let turn = server.submit(&session, "x").await;
     counter.wait_for("slow").await;
     let (s, _) = server.post(&format!("/v1/sessions/{session}/turns/{turn}/cancel"), json!({})).await;
@@ -184,12 +170,8 @@ async fn cancel_and_terminate() {
 
 #[tokio::test]
 async fn wait_parameter_holds_until_the_turn_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = Counter::start().await;
+    let Rig { dir: _dir, counter, server, session } = rig("slow", SLOW_AGENT, None).await;
     counter.delay("slow", Duration::from_millis(300));
-    let server = Server::start(dir.path());
-    server.apply("slow", &SLOW_AGENT.replace("COUNTER", &counter.url)).await;
-    let session = server.session("slow").await;
     let (s, v) = server.post(&format!("/v1/sessions/{session}/turns?wait=30"), json!({"input": "w"})).await;
     assert_eq!((s, v["status"].as_str(), v["output"].as_str()), (200, Some("completed"), Some("done: w")));
     let (s, v) = server.post(&format!("/v1/sessions/{session}/turns?wait=0"), json!({"input": "w2"})).await;

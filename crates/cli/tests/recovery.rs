@@ -42,12 +42,7 @@ struct Crash {
 }
 
 async fn setup(hold: &str) -> Crash {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = Counter::start().await;
-    counter.hold(hold);
-    let server = Server::start(dir.path());
-    server.apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
-    let session = server.session("crashy").await;
+    let Rig { dir, counter, server, session } = rig("crashy", AGENT, Some(hold)).await;
     let turn = server.submit(&session, "go").await;
     Crash { _dir: dir, counter, server, session, turn }
 }
@@ -129,12 +124,8 @@ async fn killed_after_a_completed_call_does_not_repeat_it() {
 
 #[tokio::test]
 async fn killed_right_after_the_turn_was_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = Counter::start().await;
+    let Rig { dir, counter, mut server, session } = rig("crashy", AGENT, None).await;
     counter.delay("safe", std::time::Duration::from_millis(200));
-    let mut server = Server::start(dir.path());
-    server.apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
-    let session = server.session("crashy").await;
     let turn = server.submit(&session, "go").await;
     server.kill();
     assert!(counter.count("effect") == 0);

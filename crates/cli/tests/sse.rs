@@ -34,12 +34,7 @@ fn assert_exactly_once_in_order(events: &[Value]) {
 
 #[tokio::test]
 async fn reconnect_with_last_event_id_resumes_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = Counter::start().await;
-    counter.hold("gate");
-    let server = Server::start(dir.path());
-    server.apply("streamer", &AGENT.replace("COUNTER", &counter.url)).await;
-    let session = server.session("streamer").await;
+    let Rig { dir: _dir, counter, server, session } = rig("streamer", AGENT, Some("gate")).await;
     let turn = server.submit(&session, "stream me").await;
     counter.wait_for("gate").await;
 
@@ -58,12 +53,7 @@ async fn reconnect_with_last_event_id_resumes_exactly_once() {
 
 #[tokio::test]
 async fn stream_resumes_across_a_server_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = Counter::start().await;
-    counter.hold("gate");
-    let mut server = Server::start(dir.path());
-    server.apply("streamer", &AGENT.replace("COUNTER", &counter.url)).await;
-    let session = server.session("streamer").await;
+    let Rig { dir, counter, mut server, session } = rig("streamer", AGENT, Some("gate")).await;
     server.submit(&session, "crash me").await;
     counter.wait_for("gate").await;
 

@@ -20,9 +20,7 @@ const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// Calls the Anthropic Messages API.
 pub struct AnthropicProvider {
-    http: reqwest::Client,
-    url: String,
-    api_key: Option<String>,
+    endpoint: http::Endpoint,
 }
 
 impl AnthropicProvider {
@@ -30,9 +28,7 @@ impl AnthropicProvider {
     /// variable `api_key_env` names (default `ANTHROPIC_API_KEY`); it may be
     /// missing only when `base_url` points somewhere else (a gateway).
     pub fn from_spec(spec: &ModelSpec, http: reqwest::Client) -> Result<Self, ModelError> {
-        let api_key = http::api_key(spec, DEFAULT_KEY_ENV)?;
-        let url = format!("{}/v1/messages", http::base_url(spec, DEFAULT_BASE_URL));
-        Ok(AnthropicProvider { http, url, api_key })
+        Ok(AnthropicProvider { endpoint: http::Endpoint::new(spec, http, DEFAULT_BASE_URL, "/v1/messages", DEFAULT_KEY_ENV)? })
     }
 }
 
@@ -45,13 +41,8 @@ impl ModelProvider for AnthropicProvider {
     async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let body = serde_json::to_vec(&request_body(request)).expect("a serde_json::Value always serializes");
         let request_bytes = body.len();
-        let mut call = self
-            .http
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("anthropic-version", API_VERSION)
-            .body(body);
-        if let Some(key) = &self.api_key {
+        let mut call = self.endpoint.post_json(body).header("anthropic-version", API_VERSION);
+        if let Some(key) = &self.endpoint.api_key {
             call = call.header("x-api-key", key);
         }
         let response = http::check_status(call.send().await.map_err(http::transport)?).await?;

@@ -10,6 +10,27 @@ use serde_json::Value;
 
 use crate::{ModelError, ModelResponse};
 
+/// Where a provider sends its requests, and the key it authenticates with.
+pub(crate) struct Endpoint {
+    http: reqwest::Client,
+    url: String,
+    pub api_key: Option<String>,
+}
+
+impl Endpoint {
+    /// `path` under the spec's base URL (or `default_base`), with the key from
+    /// the spec's `api_key_env` (or `default_key_env`).
+    pub fn new(spec: &ModelSpec, http: reqwest::Client, default_base: &str, path: &str, default_key_env: &str) -> Result<Self, ModelError> {
+        let api_key = api_key(spec, default_key_env)?;
+        Ok(Endpoint { http, url: format!("{}{path}", base_url(spec, default_base)), api_key })
+    }
+
+    /// A POST of a JSON body to the endpoint (authentication is the caller's).
+    pub fn post_json(&self, body: Vec<u8>) -> reqwest::RequestBuilder {
+        self.http.post(&self.url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body)
+    }
+}
+
 /// The spec's base URL (or `default`) without a trailing slash, so paths can
 /// be appended with `/`.
 pub(crate) fn base_url(spec: &ModelSpec, default: &str) -> String {

@@ -22,9 +22,7 @@ const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
 
 /// Calls an OpenAI-compatible Chat Completions endpoint.
 pub struct OpenAiProvider {
-    http: reqwest::Client,
-    url: String,
-    api_key: Option<String>,
+    endpoint: http::Endpoint,
 }
 
 impl OpenAiProvider {
@@ -32,9 +30,7 @@ impl OpenAiProvider {
     /// variable `api_key_env` names (default `OPENAI_API_KEY`); it may be
     /// missing only when `base_url` points somewhere else (a local server).
     pub fn from_spec(spec: &ModelSpec, http: reqwest::Client) -> Result<Self, ModelError> {
-        let api_key = http::api_key(spec, DEFAULT_KEY_ENV)?;
-        let url = format!("{}/chat/completions", http::base_url(spec, DEFAULT_BASE_URL));
-        Ok(OpenAiProvider { http, url, api_key })
+        Ok(OpenAiProvider { endpoint: http::Endpoint::new(spec, http, DEFAULT_BASE_URL, "/chat/completions", DEFAULT_KEY_ENV)? })
     }
 }
 
@@ -47,13 +43,8 @@ impl ModelProvider for OpenAiProvider {
     async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let body = serde_json::to_vec(&request_body(request)).expect("a serde_json::Value always serializes");
         let request_bytes = body.len();
-        let mut call = self
-            .http
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", &request.idempotency_key)
-            .body(body);
-        if let Some(key) = &self.api_key {
+        let mut call = self.endpoint.post_json(body).header("Idempotency-Key", &request.idempotency_key);
+        if let Some(key) = &self.endpoint.api_key {
             call = call.bearer_auth(key);
         }
         let response = http::check_status(call.send().await.map_err(http::transport)?).await?;

@@ -276,3 +276,26 @@ pub async fn read_sse(url: &str, session: &str, last_event_id: Option<u64>, max:
     }
     out
 }
+
+/// A server with one agent registered and one session of it, plus the
+/// counting tool server the agent's HTTP tools point at.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub counter: Counter,
+    pub server: Server,
+    pub session: String,
+}
+
+/// Starts a [`Rig`]: `COUNTER` in `toml` becomes the counter's URL; calls to
+/// `/hold` (if given) block until released.
+pub async fn rig(agent: &str, toml: &str, hold: Option<&str>) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = Counter::start().await;
+    if let Some(name) = hold {
+        counter.hold(name);
+    }
+    let server = Server::start(dir.path());
+    server.apply(agent, &toml.replace("COUNTER", &counter.url)).await;
+    let session = server.session(agent).await;
+    Rig { dir, counter, server, session }
+}
