@@ -10,6 +10,15 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+# Python packages used as independent test peers (e.g. the official
+# Prometheus parser), in a venv the tests find through AGENTRT_TEST_PYTHON.
+if [ ! -x target/test-venv/bin/python ]; then
+    mkdir -p target
+    python3 -m venv target/test-venv
+fi
+target/test-venv/bin/pip install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
+export AGENTRT_TEST_PYTHON="$PWD/target/test-venv/bin/python"
+
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -34,6 +34,11 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({"status": "ready", "node": s.engine.node_id()})))
 }
 
+pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let text = s.engine.metrics_text().await?;
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}
+
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }

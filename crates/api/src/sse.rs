@@ -59,6 +59,7 @@ pub async fn events(State(s): State<AppState>, Path(id): Path<String>, QueryArgs
     // Subscribe before the first read so nothing appended in between is missed.
     let rx = s.engine.subscribe(&id);
     s.engine.get_session(&id).await?;
+    s.engine.metrics().sse_clients.inc();
     let stream = EventStream { engine: s.engine.clone(), id, last: after, backlog: VecDeque::new(), rx, shutdown: s.shutdown.clone() };
     let sse = Sse::new(stream.into_stream()).keep_alive(KeepAlive::new().interval(s.heartbeat).text("heartbeat"));
     Ok(sse.into_response())
@@ -72,6 +73,12 @@ struct EventStream {
     backlog: VecDeque<Event>,
     rx: broadcast::Receiver<Arc<Event>>,
     shutdown: CancellationToken,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.engine.metrics().sse_clients.dec();
+    }
 }
 
 impl EventStream {

@@ -45,6 +45,9 @@ impl Store for TimedStore {
     async fn get_session(&self, id: &SessionId) -> Result<Option<SessionSummary>, StoreError> {
         self.inner.get_session(id).await
     }
+    async fn count_sessions_by_status(&self) -> Result<Vec<(agentrt_types::SessionStatus, u64)>, StoreError> {
+        self.inner.count_sessions_by_status().await
+    }
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>, StoreError> {
         self.inner.list_sessions(filter).await
     }

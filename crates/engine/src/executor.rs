@@ -45,6 +45,11 @@ impl Slot {
 }
 
 impl Executors {
+    /// Number of sessions with a live executor.
+    pub fn active(&self) -> usize {
+        self.slots.lock().expect("executors lock poisoned").len()
+    }
+
     fn remove_if_same(&self, id: &SessionId, slot: &Arc<Slot>) {
         let mut map = self.slots.lock().expect("executors lock poisoned");
         if map.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {

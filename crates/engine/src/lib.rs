@@ -11,6 +11,7 @@ mod error;
 mod executor;
 mod history;
 pub mod hub;
+pub mod metrics;
 mod turn;
 
 use std::sync::Arc;
@@ -93,6 +94,7 @@ pub(crate) struct Inner {
     pub executors: Executors,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    pub metrics: metrics::Metrics,
 }
 
 /// The engine; cheap to clone.
@@ -118,6 +120,7 @@ impl Engine {
                 executors: Executors::default(),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                metrics: metrics::Metrics::default(),
             }),
         })
     }
@@ -155,6 +158,24 @@ impl Engine {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// The runtime's metrics.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// Metrics in the Prometheus text format, with scrape-time gauges refreshed.
+    pub async fn metrics_text(&self) -> Result<String, EngineError> {
+        for status in [SessionStatus::Idle, SessionStatus::Running, SessionStatus::Terminated] {
+            self.inner.metrics.sessions.get_or_create(&metrics::StatusLabel { status: status.as_str().into() }).set(0);
+        }
+        for (status, n) in self.inner.store.count_sessions_by_status().await? {
+            let label = metrics::StatusLabel { status: status.as_str().into() };
+            self.inner.metrics.sessions.get_or_create(&label).set(n as i64);
+        }
+        self.inner.metrics.executors.set(self.inner.executors.active() as i64);
+        Ok(self.inner.metrics.encode())
     }
 
     // ----- agents -----
@@ -350,7 +371,9 @@ impl Engine {
 
     async fn client_append(&self, id: &SessionId, precondition: Option<Precondition>, events: Vec<NewEvent>) -> Result<Vec<Event>, EngineError> {
         let req = AppendRequest { session_id: id.clone(), fence: Fence::Client, precondition, events };
+        let started = std::time::Instant::now();
         let events = self.inner.store.append(req).await?;
+        self.inner.metrics.append(started.elapsed());
         self.inner.hub.publish(id, &events);
         Ok(events)
     }

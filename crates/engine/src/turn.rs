@@ -51,6 +51,13 @@ impl From<StoreError> for Abort {
 
 /// Runs one turn to its end (or until aborted).
 pub(crate) async fn run(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary) -> Result<(), Abort> {
+    use tracing::Instrument;
+    // Every log line written while the turn runs carries its session and turn.
+    let span = tracing::info_span!("turn", session = %id, turn = %turn.turn_id);
+    run_turn(inner, id, fence, slot, turn).instrument(span).await
+}
+
+async fn run_turn(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary) -> Result<(), Abort> {
     let turn_id = turn.turn_id.clone();
     let cancel = slot.register(&turn_id);
     let result = TurnRun::start(inner, id, fence, cancel, turn).await;
@@ -72,6 +79,7 @@ struct TurnRun {
     conversation: Conversation,
     progress: TurnProgress,
     agent: Option<Arc<LoadedAgent>>,
+    agent_name: String,
     /// Tool intents that were open when the turn was loaded (crash recovery).
     recovering: bool,
 }
@@ -86,7 +94,7 @@ impl TurnRun {
             TurnStatus::Queued if turn.cancel_requested => {
                 let ev = EventData::TurnCancelled { turn_id: turn_id.clone(), reason: "cancelled before it started".into() };
                 let pre = Precondition::TurnStatus(turn_id.clone(), TurnStatus::Queued);
-                return match append_raw(inner, id, fence, Some(pre), vec![ev.into()]).await {
+                return match append_raw(inner, id, fence, Some(pre), vec![ev.into()], (&session.agent, "")).await {
                     Ok(_) | Err(Abort::Store(StoreError::PreconditionFailed(_))) => Ok(None),
                     Err(e) => Err(e),
                 };
@@ -101,7 +109,7 @@ impl TurnRun {
             ),
             _ => return Ok(None),
         };
-        match append_raw(inner, id, fence, first.0, vec![first.1.into()]).await {
+        match append_raw(inner, id, fence, first.0, vec![first.1.into()], (&session.agent, "")).await {
             Ok(_) => {}
             Err(Abort::Store(StoreError::PreconditionFailed(_))) => return Ok(None),
             Err(e) => return Err(e),
@@ -115,6 +123,7 @@ impl TurnRun {
             conversation: Conversation::default(),
             progress: TurnProgress::default(),
             agent: None,
+            agent_name: session.agent.clone(),
             recovering: false,
         };
         let mut after = 0;
@@ -166,7 +175,9 @@ impl TurnRun {
     }
 
     async fn append(&mut self, events: Vec<NewEvent>) -> Result<(), Abort> {
-        let appended = append_raw(&self.inner, &self.session, &self.fence, None, events).await?;
+        let model = self.agent.as_ref().map(|a| a.version.spec.model.model.clone()).unwrap_or_default();
+        let labels = (self.agent_name.as_str(), model.as_str());
+        let appended = append_raw(&self.inner, &self.session, &self.fence, None, events, labels).await?;
         for e in &appended {
             self.observe(e);
         }
@@ -457,12 +468,24 @@ fn truncate(v: Value) -> Value {
     json!({"truncated": true, "original_bytes": text.len(), "preview": &text[..cut]})
 }
 
-async fn append_raw(inner: &Inner, id: &SessionId, fence: &Fence, precondition: Option<Precondition>, events: Vec<NewEvent>) -> Result<Vec<Event>, Abort> {
+/// Appends with the executor's fence; records metrics (labelled with the
+/// agent and model) and publishes to live readers.
+async fn append_raw(
+    inner: &Inner,
+    id: &SessionId,
+    fence: &Fence,
+    precondition: Option<Precondition>,
+    events: Vec<NewEvent>,
+    (agent, model): (&str, &str),
+) -> Result<Vec<Event>, Abort> {
     if events.is_empty() {
         return Ok(vec![]);
     }
     let req = AppendRequest { session_id: id.clone(), fence: fence.clone(), precondition, events };
+    let started = Instant::now();
     let appended = inner.store.append(req).await?;
+    inner.metrics.append(started.elapsed());
+    inner.metrics.observe(&appended, agent, model);
     inner.hub.publish(id, &appended);
     Ok(appended)
 }

@@ -60,6 +60,9 @@ pub trait Store: Send + Sync + 'static {
     /// Sessions newest first, filtered, after the cursor.
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>, StoreError>;
 
+    /// How many sessions have each status.
+    async fn count_sessions_by_status(&self) -> Result<Vec<(agentrt_types::SessionStatus, u64)>, StoreError>;
+
     /// Appends events atomically, after checking the fence and precondition.
     async fn append(&self, request: AppendRequest) -> Result<Vec<Event>, StoreError>;
     /// Events with `seq > after`, in order, at most `limit`.

@@ -102,6 +102,10 @@ impl Store for SqliteStore {
         self.readers.run(move |c| read::list_sessions(c, &filter)).await
     }
 
+    async fn count_sessions_by_status(&self) -> Result<Vec<(agentrt_types::SessionStatus, u64)>, StoreError> {
+        self.readers.run(read::count_sessions_by_status).await
+    }
+
     async fn append(&self, request: AppendRequest) -> Result<Vec<Event>, StoreError> {
         self.write(|reply| WriteOp::Append { request, reply }).await
     }

@@ -133,6 +133,17 @@ pub fn list_sessions(conn: &Connection, f: &SessionFilter) -> Result<Vec<Session
     rows.map(|r| parse(&r.map_err(db)?, "session summary")).collect()
 }
 
+pub fn count_sessions_by_status(conn: &Connection) -> Result<Vec<(agentrt_types::SessionStatus, u64)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM sessions GROUP BY status").map_err(db)?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(db)?;
+    rows.map(|r| {
+        let (status, n) = r.map_err(db)?;
+        let status = agentrt_types::SessionStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("bad status {status:?}")))?;
+        Ok((status, n as u64))
+    })
+    .collect()
+}
+
 pub fn read_records(conn: &Connection, id: &SessionId, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
