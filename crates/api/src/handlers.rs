@@ -188,7 +188,10 @@ pub async fn submit_turn(
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII"))?.to_owned()),
     };
-    let (mut turn, created) = s.engine.submit_turn(&id, SubmitTurn { input: body.input, on_busy: body.on_busy, idempotency_key }).await?;
+    // An invalid traceparent is ignored, as W3C trace context asks.
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let submit = SubmitTurn { input: body.input, on_busy: body.on_busy, idempotency_key, traceparent };
+    let (mut turn, created) = s.engine.submit_turn(&id, submit).await?;
     if let Some(wait) = wait {
         turn = s.engine.wait_turn(&id, &turn.turn_id, wait).await?;
     }

@@ -33,6 +33,14 @@ pub struct Config {
     /// (survives a crash of agentrt; faster; the last commits can be lost
     /// on power loss).
     pub store_durability: Durability,
+    /// OTLP endpoint for traces (e.g. `http://127.0.0.1:4318`); empty = off
+    /// unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    pub otel_endpoint: String,
+    /// `http/protobuf` or `grpc`; empty = `OTEL_EXPORTER_OTLP_PROTOCOL`,
+    /// else `http/protobuf`.
+    pub otel_protocol: String,
+    /// Put prompt/completion content and tool arguments/results on spans.
+    pub otel_capture_content: bool,
 }
 
 /// Log line format.
@@ -55,6 +63,9 @@ impl Default for Config {
             sse_heartbeat_seconds: 15,
             http_timeout_seconds: 300,
             store_durability: Durability::Fsync,
+            otel_endpoint: String::new(),
+            otel_protocol: String::new(),
+            otel_capture_content: false,
         }
     }
 }
@@ -91,6 +102,9 @@ struct FileConfig {
     sse_heartbeat_seconds: Option<u64>,
     http_timeout_seconds: Option<u64>,
     store_durability: Option<Durability>,
+    otel_endpoint: Option<String>,
+    otel_protocol: Option<String>,
+    otel_capture_content: Option<bool>,
 }
 
 impl Config {
@@ -103,7 +117,7 @@ impl Config {
             macro_rules! take {
                 ($($field:ident),*) => { $(if let Some(v) = f.$field { c.$field = v; })* };
             }
-            take!(listen, data_dir, log_format, node_id, lease_ttl_seconds, max_input_bytes, sse_heartbeat_seconds, http_timeout_seconds, store_durability);
+            take!(listen, data_dir, log_format, node_id, lease_ttl_seconds, max_input_bytes, sse_heartbeat_seconds, http_timeout_seconds, store_durability, otel_endpoint, otel_protocol, otel_capture_content);
         }
         if let Some(v) = overrides.listen {
             c.listen = v;
@@ -127,6 +141,9 @@ impl Config {
         }
         if self.sse_heartbeat_seconds == 0 {
             bail!("sse-heartbeat-seconds must be at least 1");
+        }
+        if !["", "grpc", "http/protobuf"].contains(&self.otel_protocol.as_str()) {
+            bail!("otel-protocol must be \"grpc\" or \"http/protobuf\"");
         }
         if self.http_timeout_seconds == 0 {
             bail!("http-timeout-seconds must be at least 1");

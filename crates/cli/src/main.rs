@@ -7,6 +7,7 @@ mod config;
 mod output;
 mod render;
 mod serve;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -10,12 +10,12 @@ use agentrt_store::sqlite::SqliteStore;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogFormat};
-use crate::output;
+use crate::config::Config;
+use crate::{output, telemetry};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    init_logging(config.log_format);
+    let telemetry = telemetry::init(&config)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     // One process per data dir: the lock makes it safe to take over the
     // leases a previous (crashed) run left behind without waiting for them.
@@ -31,6 +31,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         exclusive_store: true,
         max_input_bytes: config.max_input_bytes,
         http_timeout: Duration::from_secs(config.http_timeout_seconds),
+        capture_content: config.otel_capture_content,
         ..EngineConfig::default()
     };
     if !config.node_id.is_empty() {
@@ -56,6 +57,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("serve HTTP")?;
     engine.shutdown(Duration::from_secs(5)).await;
+    telemetry.shutdown();
     drop(lock);
     Ok(())
 }
@@ -78,18 +80,4 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }

@@ -12,6 +12,7 @@ mod executor;
 mod history;
 pub mod hub;
 pub mod metrics;
+pub mod telemetry;
 mod turn;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct EngineConfig {
     pub max_input_bytes: usize,
     /// Timeout for outgoing HTTP from providers and tools.
     pub http_timeout: Duration,
+    /// Put prompt/completion content and tool arguments/results on spans.
+    pub capture_content: bool,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +63,7 @@ impl Default for EngineConfig {
             exclusive_store: true,
             max_input_bytes: 256 * 1024,
             http_timeout: Duration::from_secs(300),
+            capture_content: false,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct SubmitTurn {
     pub input: String,
     pub on_busy: OnBusy,
     pub idempotency_key: Option<String>,
+    /// The client's W3C `traceparent`; the turn's trace continues it.
+    pub traceparent: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -276,7 +282,15 @@ impl Engine {
         }
         let turn_id = TurnId::generate();
         let submitted: NewEvent =
-            EventData::TurnSubmitted { turn_id: turn_id.clone(), input: req.input, idempotency_key: req.idempotency_key.clone() }.into();
+            EventData::TurnSubmitted {
+                turn_id: turn_id.clone(),
+                input: req.input,
+                idempotency_key: req.idempotency_key.clone(),
+                traceparent: Some(
+                    req.traceparent.filter(|tp| telemetry::parse_traceparent(tp).is_some()).unwrap_or_else(telemetry::new_traceparent),
+                ),
+            }
+            .into();
         let (events, precondition, to_cancel) = match req.on_busy {
             OnBusy::Queue => (vec![submitted], None, vec![]),
             OnBusy::Reject => (vec![submitted], Some(Precondition::SessionIdle), vec![]),

@@ -14,7 +14,8 @@ use agentrt_model::{ModelError, ModelRequest, ModelResponse};
 use agentrt_store::{AppendRequest, Fence, Precondition, StoreError};
 use agentrt_tools::{ToolContext, ToolError};
 use agentrt_types::time::now_ms;
-use agentrt_types::{Event, EventData, NewEvent, Outcome, SessionId, TurnStatus, TurnSummary};
+use agentrt_types::{Event, EventData, NewEvent, Outcome, SessionId, SessionSummary, TurnStatus, TurnSummary};
+use tracing::Instrument;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::LoadedAgent;
 use crate::executor::Slot;
 use crate::history::{Conversation, OpenToolCall, TurnProgress};
-use crate::Inner;
+use crate::{telemetry, Inner};
 
 /// Largest tool output kept in the log, in bytes of JSON.
 pub const MAX_TOOL_OUTPUT: usize = 64 * 1024;
@@ -51,16 +52,17 @@ impl From<StoreError> for Abort {
 
 /// Runs one turn to its end (or until aborted).
 pub(crate) async fn run(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary) -> Result<(), Abort> {
-    use tracing::Instrument;
-    // Every log line written while the turn runs carries its session and turn.
-    let span = tracing::info_span!("turn", session = %id, turn = %turn.turn_id);
-    run_turn(inner, id, fence, slot, turn).instrument(span).await
+    let session = inner.store.get_session(id).await?.ok_or_else(|| Abort::Store(StoreError::SessionNotFound(id.clone())))?;
+    // The turn's span: every log line written while it runs carries its
+    // session, turn and trace ids; model and tool spans are its children.
+    let span = telemetry::turn_span(id.as_str(), turn.turn_id.as_str(), &session.agent, session.agent_version, turn.traceparent.as_deref());
+    run_turn(inner, id, fence, slot, turn, session).instrument(span).await
 }
 
-async fn run_turn(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary) -> Result<(), Abort> {
+async fn run_turn(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary, session: SessionSummary) -> Result<(), Abort> {
     let turn_id = turn.turn_id.clone();
     let cancel = slot.register(&turn_id);
-    let result = TurnRun::start(inner, id, fence, cancel, turn).await;
+    let result = TurnRun::start(inner, id, fence, cancel, turn, session).await;
     let result = match result {
         Ok(Some(mut run)) => run.drive().await,
         Ok(None) => Ok(()),
@@ -86,10 +88,17 @@ struct TurnRun {
 
 impl TurnRun {
     /// Marks the turn started (or resumed) and loads its history.
-    async fn start(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, cancel: CancellationToken, turn: TurnSummary) -> Result<Option<TurnRun>, Abort> {
+    async fn start(
+        inner: &Arc<Inner>,
+        id: &SessionId,
+        fence: &Fence,
+        cancel: CancellationToken,
+        turn: TurnSummary,
+        session: SessionSummary,
+    ) -> Result<Option<TurnRun>, Abort> {
         let executor = inner.config.node_id.clone();
         let turn_id = turn.turn_id.clone();
-        let session = inner.store.get_session(id).await?.ok_or_else(|| Abort::Store(StoreError::SessionNotFound(id.clone())))?;
+        let trace_id = turn.traceparent.as_deref().and_then(telemetry::trace_id_of);
         let first = match turn.status {
             TurnStatus::Queued if turn.cancel_requested => {
                 let ev = EventData::TurnCancelled { turn_id: turn_id.clone(), reason: "cancelled before it started".into() };
@@ -100,12 +109,12 @@ impl TurnRun {
                 };
             }
             TurnStatus::Queued => {
-                let ev = EventData::TurnStarted { turn_id: turn_id.clone(), agent_version: session.agent_version, executor };
+                let ev = EventData::TurnStarted { turn_id: turn_id.clone(), agent_version: session.agent_version, executor, trace_id };
                 (Some(Precondition::TurnStatus(turn_id.clone(), TurnStatus::Queued)), ev)
             }
             TurnStatus::Running => (
                 Some(Precondition::TurnStatus(turn_id.clone(), TurnStatus::Running)),
-                EventData::TurnResumed { turn_id: turn_id.clone(), executor },
+                EventData::TurnResumed { turn_id: turn_id.clone(), executor, trace_id },
             ),
             _ => return Ok(None),
         };
@@ -253,6 +262,7 @@ impl TurnRun {
                         let mut usage = self.progress.usage;
                         usage.add(resp.usage);
                         events.push(EventData::Message { turn_id: turn_id.clone(), content: output.clone() }.into());
+                        record_usage(&tracing::Span::current(), usage);
                         events.push(EventData::TurnCompleted { turn_id, output, usage, steps: self.progress.steps_done + 1 }.into());
                     } else {
                         for (i, call) in resp.tool_calls.iter().enumerate() {
@@ -287,6 +297,7 @@ impl TurnRun {
             Err(msg) => return Ok(ModelOutcome::Failed(ModelError::Config(msg.clone()))),
         };
         let m = &agent.version.spec.model;
+        let span = telemetry::chat_span(&m.provider, &m.model, step);
         let request = ModelRequest {
             model: m.model.clone(),
             instructions: agent.version.spec.instructions.clone(),
@@ -296,19 +307,27 @@ impl TurnRun {
             max_tokens: m.max_tokens,
             stream: m.stream,
             idempotency_key: self.key(step),
+            traceparent: telemetry::traceparent_of(&span),
         };
         let deadline = tokio::time::Instant::from_std(self.deadline());
         let mut attempt = 0;
         loop {
             attempt += 1;
             let result = tokio::select! {
-                r = provider.complete(&request) => r,
+                r = provider.complete(&request).instrument(span.clone()) => r,
                 _ = self.cancel.cancelled() => return Ok(ModelOutcome::Cancelled),
                 _ = tokio::time::sleep_until(deadline) => return Ok(ModelOutcome::Deadline),
                 _ = self.inner.shutdown.cancelled() => return Err(Abort::Shutdown),
             };
             match result {
-                Ok(resp) => return Ok(ModelOutcome::Answer(resp)),
+                Ok(resp) => {
+                    span.record("gen_ai.usage.input_tokens", resp.usage.input_tokens as i64);
+                    span.record("gen_ai.usage.output_tokens", resp.usage.output_tokens as i64);
+                    if self.inner.config.capture_content {
+                        span.record("gen_ai.output.messages", resp.content.as_deref().unwrap_or(""));
+                    }
+                    return Ok(ModelOutcome::Answer(resp));
+                }
                 Err(e) if e.is_transient() && attempt < MODEL_ATTEMPTS => {
                     tracing::warn!(session = %self.session, step, attempt, error = %e, "model call failed; retrying");
                     let backoff = Duration::from_millis(250 << (attempt - 1));
@@ -318,7 +337,11 @@ impl TurnRun {
                         _ = self.inner.shutdown.cancelled() => return Err(Abort::Shutdown),
                     }
                 }
-                Err(e) => return Ok(ModelOutcome::Failed(e)),
+                Err(e) => {
+                    span.record("error.type", "model_error");
+                    span.record("otel.status_code", "ERROR");
+                    return Ok(ModelOutcome::Failed(e));
+                }
             }
         }
     }
@@ -331,12 +354,17 @@ impl TurnRun {
             self.append(carry).await?;
         }
         let calls = self.progress.open_tools.clone();
+        let capture = self.inner.config.capture_content;
         let mut pending = FuturesUnordered::new();
         let mut immediate = Vec::new();
         for call in calls {
             if self.recovering && !call.idempotent {
                 immediate.push(self.completed(&call, Outcome::Unknown, json!({"error": crate::UNKNOWN_OUTCOME}), 0, 0));
                 continue;
+            }
+            let span = telemetry::tool_span(&call.call.name, &call.call.id, call.step, call.idempotent);
+            if capture {
+                span.record("gen_ai.tool.call.arguments", call.call.arguments.to_string());
             }
             let ctx = ToolContext {
                 session_id: self.session.clone(),
@@ -345,11 +373,25 @@ impl TurnRun {
                 idempotency_key: call.idempotency_key.clone(),
                 store: self.inner.store.clone(),
                 http: self.inner.http.clone(),
+                traceparent: telemetry::traceparent_of(&span),
             };
             let agent = self.agent.clone().expect("agent loaded");
             pending.push(async move {
                 let started = Instant::now();
-                let r = agent.tools.call(&call.call.name, &ctx, call.call.arguments.clone()).await;
+                let r = agent.tools.call(&call.call.name, &ctx, call.call.arguments.clone()).instrument(span.clone()).await;
+                match &r {
+                    Ok(v) => {
+                        span.record("agentrt.tool.outcome", "ok");
+                        if capture {
+                            span.record("gen_ai.tool.call.result", v.to_string());
+                        }
+                    }
+                    Err(_) => {
+                        span.record("agentrt.tool.outcome", "error");
+                        span.record("error.type", "tool_error");
+                        span.record("otel.status_code", "ERROR");
+                    }
+                }
                 (call, r, started.elapsed().as_micros() as u64)
             });
         }
@@ -431,6 +473,9 @@ impl TurnRun {
                 usage.add(*u);
             }
         }
+        let span = tracing::Span::current();
+        record_usage(&span, usage);
+        span.record("otel.status_code", "ERROR");
         events.push(
             EventData::TurnFailed {
                 turn_id: self.turn.turn_id.clone(),
@@ -443,6 +488,12 @@ impl TurnRun {
         );
         self.append(events).await
     }
+}
+
+/// Puts a turn's token usage on its span.
+fn record_usage(span: &tracing::Span, usage: agentrt_types::Usage) {
+    span.record("gen_ai.usage.input_tokens", usage.input_tokens as i64);
+    span.record("gen_ai.usage.output_tokens", usage.output_tokens as i64);
 }
 
 enum ModelOutcome {
@@ -481,9 +532,10 @@ async fn append_raw(
     if events.is_empty() {
         return Ok(vec![]);
     }
+    let n = events.len();
     let req = AppendRequest { session_id: id.clone(), fence: fence.clone(), precondition, events };
     let started = Instant::now();
-    let appended = inner.store.append(req).await?;
+    let appended = inner.store.append(req).instrument(telemetry::append_span(n)).await?;
     inner.metrics.append(started.elapsed());
     inner.metrics.observe(&appended, agent, model);
     inner.hub.publish(id, &appended);

@@ -41,7 +41,7 @@ impl ModelProvider for AnthropicProvider {
     async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let body = serde_json::to_vec(&request_body(request)).expect("a serde_json::Value always serializes");
         let request_bytes = body.len();
-        let mut call = self.endpoint.post_json(body).header("anthropic-version", API_VERSION);
+        let mut call = self.endpoint.post_json(body, request.traceparent.as_deref()).header("anthropic-version", API_VERSION);
         if let Some(key) = &self.endpoint.api_key {
             call = call.header("x-api-key", key);
         }

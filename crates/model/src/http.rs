@@ -25,9 +25,14 @@ impl Endpoint {
         Ok(Endpoint { http, url: format!("{}{path}", base_url(spec, default_base)), api_key })
     }
 
-    /// A POST of a JSON body to the endpoint (authentication is the caller's).
-    pub fn post_json(&self, body: Vec<u8>) -> reqwest::RequestBuilder {
-        self.http.post(&self.url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body)
+    /// A POST of a JSON body to the endpoint, carrying the trace context
+    /// (authentication is the caller's).
+    pub fn post_json(&self, body: Vec<u8>, traceparent: Option<&str>) -> reqwest::RequestBuilder {
+        let req = self.http.post(&self.url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        match traceparent {
+            Some(tp) => req.header("traceparent", tp),
+            None => req,
+        }
     }
 }
 

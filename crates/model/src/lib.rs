@@ -36,6 +36,8 @@ pub struct ModelRequest {
     pub stream: bool,
     /// `{session}:{turn}:{step}`; sent where the provider accepts one.
     pub idempotency_key: String,
+    /// W3C trace context of the model-call span, sent as `traceparent`.
+    pub traceparent: Option<String>,
 }
 
 /// What the model answered.

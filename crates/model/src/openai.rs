@@ -43,7 +43,7 @@ impl ModelProvider for OpenAiProvider {
     async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let body = serde_json::to_vec(&request_body(request)).expect("a serde_json::Value always serializes");
         let request_bytes = body.len();
-        let mut call = self.endpoint.post_json(body).header("Idempotency-Key", &request.idempotency_key);
+        let mut call = self.endpoint.post_json(body, request.traceparent.as_deref()).header("Idempotency-Key", &request.idempotency_key);
         if let Some(key) = &self.endpoint.api_key {
             call = call.bearer_auth(key);
         }

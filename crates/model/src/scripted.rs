@@ -157,6 +157,7 @@ mod tests {
             max_tokens: None,
             stream: false,
             idempotency_key: "k".into(),
+            traceparent: None,
         }
     }
 

@@ -36,5 +36,6 @@ pub(crate) fn full_request() -> ModelRequest {
         max_tokens: Some(256),
         stream: false,
         idempotency_key: "s1:t1:1".into(),
+        traceparent: None,
     }
 }

@@ -50,6 +50,7 @@ async fn tool_use_round_trip() {
         // Ignored: the Anthropic provider never streams.
         stream: true,
         idempotency_key: "s1:t1:1".into(),
+        traceparent: None,
     };
 
     let first = provider.complete(&request).await.expect("first call succeeds");

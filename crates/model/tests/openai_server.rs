@@ -37,6 +37,7 @@ fn request(content: &str, stream: bool) -> ModelRequest {
         max_tokens: None,
         stream,
         idempotency_key: "s1:t1:1".into(),
+        traceparent: None,
     }
 }
 

@@ -43,6 +43,9 @@ impl Tool for HttpTool {
 
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value, ToolError> {
         let mut req = ctx.http.post(&self.spec.url).header("Idempotency-Key", &ctx.idempotency_key).json(&args);
+        if let Some(tp) = &ctx.traceparent {
+            req = req.header("traceparent", tp);
+        }
         for (k, v) in &self.spec.headers {
             req = req.header(k, v);
         }

@@ -28,6 +28,8 @@ pub struct ToolContext {
     pub idempotency_key: String,
     pub store: Arc<dyn Store>,
     pub http: reqwest::Client,
+    /// W3C trace context of the tool-call span, for outgoing requests.
+    pub traceparent: Option<String>,
 }
 
 /// Why a tool call failed. The message is shown to the model.

@@ -23,6 +23,7 @@ async fn ctx() -> (tempfile::TempDir, ToolContext) {
         idempotency_key: "k".into(),
         store,
         http: reqwest::Client::new(),
+        traceparent: None,
     };
     (dir, ctx)
 }

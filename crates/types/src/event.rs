@@ -61,12 +61,28 @@ pub enum EventData {
         input: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<String>,
+        /// W3C trace context the turn's trace continues (the client's
+        /// `traceparent`, or one the runtime made), kept across restarts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     #[serde(rename = "turn.started")]
-    TurnStarted { turn_id: TurnId, agent_version: u32, executor: String },
+    TurnStarted {
+        turn_id: TurnId,
+        agent_version: u32,
+        executor: String,
+        /// Trace id of the turn's trace, to join logs, events and traces.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
+    },
     /// An executor picked up an unfinished turn after a restart or takeover.
     #[serde(rename = "turn.resumed")]
-    TurnResumed { turn_id: TurnId, executor: String },
+    TurnResumed {
+        turn_id: TurnId,
+        executor: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
+    },
     #[serde(rename = "turn.cancel_requested")]
     TurnCancelRequested { turn_id: TurnId, reason: String },
     /// Intent of a model call.

@@ -175,6 +175,9 @@ pub struct TurnSummary {
     pub input: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// W3C trace context of the turn's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,7 +198,7 @@ pub struct TurnSummary {
 impl TurnSummary {
     /// Starts the fold from a `turn.submitted` event.
     pub fn from_submitted(event: &Event) -> Option<Self> {
-        let EventData::TurnSubmitted { turn_id, input, idempotency_key } = &event.body.data else {
+        let EventData::TurnSubmitted { turn_id, input, idempotency_key, traceparent } = &event.body.data else {
             return None;
         };
         Some(TurnSummary {
@@ -204,6 +207,7 @@ impl TurnSummary {
             status: TurnStatus::Queued,
             input: input.clone(),
             idempotency_key: idempotency_key.clone(),
+            traceparent: traceparent.clone(),
             output: None,
             error: None,
             usage: Usage::default(),

@@ -30,10 +30,16 @@ pub struct Server {
 impl Server {
     /// Starts the server on a random port and waits until it listens.
     pub fn start(data_dir: &Path) -> Server {
+        Self::start_with_env(data_dir, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -180,6 +186,7 @@ pub struct Counter {
 #[derive(Default)]
 struct CounterState {
     calls: Mutex<Vec<(String, String)>>,
+    traceparents: Mutex<Vec<(String, String)>>,
     arrived: Notify,
     hold: Mutex<HashMap<String, bool>>,
     release: Notify,
@@ -227,6 +234,11 @@ impl Counter {
         self.state.calls.lock().unwrap().iter().filter(|(n, _)| n == name).count()
     }
 
+    /// `traceparent` headers seen for `/name`, in arrival order.
+    pub fn traceparents(&self, name: &str) -> Vec<String> {
+        self.state.traceparents.lock().unwrap().iter().filter(|(n, _)| n == name).map(|(_, t)| t.clone()).collect()
+    }
+
     /// Idempotency keys seen for `/name`, in arrival order.
     pub fn keys(&self, name: &str) -> Vec<String> {
         self.state.calls.lock().unwrap().iter().filter(|(n, _)| n == name).map(|(_, k)| k.clone()).collect()
@@ -235,6 +247,9 @@ impl Counter {
 
 async fn counter_handler(State(st): State<Arc<CounterState>>, AxPath(name): AxPath<String>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        st.traceparents.lock().unwrap().push((name.clone(), tp.to_owned()));
+    }
     st.calls.lock().unwrap().push((name.clone(), key));
     st.arrived.notify_waiters();
     loop {

@@ -24,7 +24,7 @@ async fn session(store: &SqliteStore) -> SessionId {
 }
 
 fn submit(turn: &TurnId, key: Option<&str>) -> agentrt_types::NewEvent {
-    EventData::TurnSubmitted { turn_id: turn.clone(), input: "hi".into(), idempotency_key: key.map(Into::into) }.into()
+    EventData::TurnSubmitted { turn_id: turn.clone(), input: "hi".into(), idempotency_key: key.map(Into::into), traceparent: None }.into()
 }
 
 fn client(id: &SessionId, events: Vec<agentrt_types::NewEvent>) -> AppendRequest {
@@ -85,7 +85,7 @@ async fn stale_fencing_token_is_rejected() {
         session_id: id.clone(),
         fence: Fence::Lease { holder: holder.into(), token },
         precondition: Some(Precondition::TurnStatus(turn.clone(), TurnStatus::Queued)),
-        events: vec![EventData::TurnStarted { turn_id: turn.clone(), agent_version: 1, executor: holder.into() }.into()],
+        events: vec![EventData::TurnStarted { turn_id: turn.clone(), agent_version: 1, executor: holder.into(), trace_id: None }.into()],
     };
     let err = store.append(started("node-a", old)).await.unwrap_err();
     assert!(matches!(err, StoreError::StaleFence { .. }), "{err}");
