@@ -128,6 +128,7 @@ async fn openapi_document_covers_every_route() {
     for route in [
         "/healthz",
         "/readyz",
+        "/metrics",
         "/v1/agents",
         "/v1/agents/{name}",
         "/v1/agents/{name}/versions/{version}",

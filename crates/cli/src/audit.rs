@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use agentrt_store::sqlite::SqliteStore;
 use agentrt_store::{SessionFilter, Store};
-use agentrt_types::event::verify_chain;
+use agentrt_types::event::verify_chain_to;
 use agentrt_types::SessionId;
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
@@ -20,7 +20,7 @@ pub enum AuditCommand {
     Verify {
         session: Option<String>,
         /// Read the store in this data dir directly instead of asking the server.
-        #[arg(long, env = "AGENTRT_DATA_DIR")]
+        #[arg(long)]
         data_dir: Option<PathBuf>,
     },
 }
@@ -70,11 +70,9 @@ async fn verify_local(dir: &std::path::Path, session: Option<&str>) -> anyhow::R
     };
     let mut out = Vec::new();
     for id in ids {
+        let session = store.get_session(&id).await?.ok_or_else(|| anyhow!("session {id} not found"))?;
         let records = store.read_records(&id).await?;
-        if records.is_empty() {
-            return Err(anyhow!("session {id} not found"));
-        }
-        out.push((id.to_string(), verify_chain(records).map_err(|e| e.to_string())));
+        out.push((id.to_string(), verify_chain_to(records, session.last_seq).map_err(|e| e.to_string())));
     }
     Ok(out)
 }

@@ -178,3 +178,22 @@ async fn wait_parameter_holds_until_the_turn_ends() {
     assert_eq!(s, 202, "{v}");
     assert!(["queued", "running"].contains(&v["status"].as_str().unwrap()), "{v}");
 }
+
+#[tokio::test]
+async fn a_misconfigured_provider_fails_the_turn_once_and_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let spec = "[model]\nprovider = \"openai\"\nmodel = \"gpt-x\"\napi_key_env = \"AGENTRT_TEST_NO_SUCH_KEY\"\n";
+    server.apply("nokey", spec).await;
+    let session = server.session("nokey").await;
+    let turn = server.submit(&session, "hi").await;
+    let t = server.wait_turn(&session, &turn).await;
+    assert_eq!((t["status"].as_str(), t["error"]["code"].as_str()), (Some("failed"), Some("model_error")), "{t}");
+    let message = t["error"]["message"].as_str().unwrap();
+    assert_eq!(message.matches("misconfigured").count(), 1, "{message}");
+    assert!(message.contains("AGENTRT_TEST_NO_SUCH_KEY"), "{message}");
+    let events = server.events(&session).await;
+    assert_eq!(types(&events).iter().filter(|t| *t == "model.failed").count(), 1);
+    let failed = events.iter().find(|e| e["type"] == "turn.failed").unwrap();
+    assert_eq!(failed["steps"], t["steps"]);
+}

@@ -162,3 +162,21 @@ async fn audit_verify_names_a_corrupted_event() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("BROKEN  {session}  event 2: content does not match its hash")), "{out}");
 }
+
+#[tokio::test]
+async fn audit_verify_catches_a_cut_off_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    server.apply("assistant", include_str!("../../../examples/agents/assistant.toml")).await;
+    let session = server.session("assistant").await;
+    let turn = server.submit(&session, "hello").await;
+    server.wait_turn(&session, &turn).await;
+    server.kill();
+    let db = rusqlite::Connection::open(dir.path().join("agentrt.db")).unwrap();
+    let last: i64 = db.query_row("SELECT MAX(seq) FROM events WHERE session_id = ?1", [&session], |r| r.get(0)).unwrap();
+    db.execute("DELETE FROM events WHERE session_id = ?1 AND seq > ?2", rusqlite::params![session, last - 2]).unwrap();
+    drop(db);
+    let (code, out, _) = cli(&["audit", "verify", "--data-dir", dir.path().to_str().unwrap(), &session], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("events {} to {last} are missing at the end", last - 1)), "{out}");
+}

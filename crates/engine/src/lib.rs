@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use agentrt_store::{AgentInfo, AgentVersion, AppendRequest, Fence, NewSession, Precondition, SessionFilter, Store, StoreError};
 use agentrt_tools::ToolSet;
-use agentrt_types::event::{verify_chain, ChainError};
+use agentrt_types::event::{verify_chain_to, ChainError};
 use agentrt_types::spec::{is_agent_name, FieldError, SpecError, SpecFormat};
 use agentrt_types::{AgentSpec, Event, EventData, NewEvent, SessionId, SessionStatus, SessionSummary, TurnId, TurnSummary};
 use serde::Deserialize;
@@ -379,8 +379,8 @@ impl Engine {
 
     /// Verifies a session's hash chain; returns the number of events.
     pub async fn verify(&self, id: &SessionId) -> Result<Result<u64, ChainError>, EngineError> {
-        self.get_session(id).await?;
-        Ok(verify_chain(self.inner.store.read_records(id).await?))
+        let session = self.get_session(id).await?;
+        Ok(verify_chain_to(self.inner.store.read_records(id).await?, session.last_seq))
     }
 
     async fn client_append(&self, id: &SessionId, precondition: Option<Precondition>, events: Vec<NewEvent>) -> Result<Vec<Event>, EngineError> {

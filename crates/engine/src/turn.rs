@@ -448,7 +448,8 @@ impl TurnRun {
                 _ => None,
             })
             .collect();
-        if let Some(step) = self.progress.open_model {
+        let model_closed = events.iter().any(|e| matches!(e.data, EventData::ModelFailed { .. } | EventData::ModelCompleted { .. }));
+        if let (Some(step), false) = (self.progress.open_model, model_closed) {
             events.push(EventData::ModelFailed { turn_id: self.turn.turn_id.clone(), step, error: why.into(), latency_us: 0 }.into());
         }
         for call in &self.progress.open_tools {
@@ -468,9 +469,15 @@ impl TurnRun {
     async fn fail(&mut self, carry: Vec<NewEvent>, code: &str, message: &str) -> Result<(), Abort> {
         let mut events = self.close_open(carry, message);
         let mut usage = self.progress.usage;
+        let mut steps = self.progress.steps_done;
         for e in &events {
-            if let EventData::ModelCompleted { usage: u, .. } = &e.data {
-                usage.add(*u);
+            match &e.data {
+                EventData::ModelCompleted { usage: u, .. } => {
+                    usage.add(*u);
+                    steps += 1;
+                }
+                EventData::ModelFailed { .. } | EventData::ToolCompleted { .. } => steps += 1,
+                _ => {}
             }
         }
         let span = tracing::Span::current();
@@ -482,7 +489,7 @@ impl TurnRun {
                 code: code.into(),
                 message: message.into(),
                 usage,
-                steps: self.progress.steps_done,
+                steps,
             }
             .into(),
         );
@@ -553,6 +560,10 @@ async fn load_agent(inner: &Inner, name: &str, version: u32) -> Result<Arc<Loade
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("agent {name:?} version {version} not found"))?;
     let tools = agentrt_tools::ToolSet::for_agent(&v.spec).map_err(|e| e.to_string())?;
-    let provider = agentrt_model::provider_for(&v.spec.model, inner.http.clone()).map_err(|e| e.to_string());
+    // Keep the bare reason: the model step wraps it as a configuration error.
+    let provider = agentrt_model::provider_for(&v.spec.model, inner.http.clone()).map_err(|e| match e {
+        agentrt_model::ModelError::Config(reason) => reason,
+        other => other.to_string(),
+    });
     Ok(inner.agents.insert(LoadedAgent { version: v, provider, tools }))
 }

@@ -266,6 +266,8 @@ pub enum ChainError {
     Tampered { seq: u64 },
     #[error("event {seq}: body does not parse as an event or names another seq")]
     Malformed { seq: u64 },
+    #[error("events {from} to {to} are missing at the end of the log (truncated)")]
+    Truncated { from: u64, to: u64 },
 }
 
 /// Verifies a session's chain from its first event; returns the number of
@@ -293,9 +295,27 @@ pub fn verify_chain(records: impl IntoIterator<Item = StoredRecord>) -> Result<u
     Ok(expected - 1)
 }
 
+/// Verifies a session's chain and that it reaches `last_seq`, the seq the
+/// session's state says its log ends at (so a cut-off tail is caught too).
+pub fn verify_chain_to(records: impl IntoIterator<Item = StoredRecord>, last_seq: u64) -> Result<u64, ChainError> {
+    let n = verify_chain(records)?;
+    if n < last_seq {
+        return Err(ChainError::Truncated { from: n + 1, to: last_seq });
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_off_tail_is_named() {
+        let mut c = chain(5);
+        c.truncate(3);
+        assert_eq!(verify_chain_to(c, 5), Err(ChainError::Truncated { from: 4, to: 5 }));
+        assert_eq!(verify_chain_to(chain(5), 5), Ok(5));
+    }
 
     fn chain(n: u64) -> Vec<StoredRecord> {
         let session_id = SessionId::generate();

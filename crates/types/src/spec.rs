@@ -277,6 +277,12 @@ impl AgentSpec {
                 bad(format!("{p}.input_schema"), "must be a JSON Schema object".into());
             }
         }
+        if m.provider == "scripted" && m.script.is_empty() {
+            let missing: Vec<&str> = ["clock.now", "kv.set"].into_iter().filter(|t| !names.contains(t)).collect();
+            if !missing.is_empty() {
+                bad("model.script".into(), format!("the default script calls {}; enable it in tools.builtin or give a script", missing.join(" and ")));
+            }
+        }
         for (i, step) in m.script.iter().enumerate() {
             let p = format!("model.script[{i}]");
             if step.text.is_none() && step.tool_calls.is_empty() {
