@@ -119,6 +119,7 @@ impl Config {
             }
             take!(listen, data_dir, log_format, node_id, lease_ttl_seconds, max_input_bytes, sse_heartbeat_seconds, http_timeout_seconds, store_durability, otel_endpoint, otel_protocol, otel_capture_content);
         }
+        c = c.with_env(std::env::vars())?;
         if let Some(v) = overrides.listen {
             c.listen = v;
         }
@@ -130,6 +131,32 @@ impl Config {
         }
         c.validate()?;
         Ok(c)
+    }
+
+    /// Applies `AGENTRT_<KEY>` variables, one per config key (`lease-ttl-seconds`
+    /// is `AGENTRT_LEASE_TTL_SECONDS`). Values are read as TOML values, or as
+    /// strings when they do not parse as one.
+    fn with_env(self, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<Config> {
+        let mut table = toml::Table::try_from(&self).context("serialize config")?;
+        let known: Vec<String> = table.keys().cloned().collect();
+        let mut changed = false;
+        for (name, raw) in vars {
+            let Some(rest) = name.strip_prefix("AGENTRT_") else { continue };
+            let key = rest.to_ascii_lowercase().replace('_', "-");
+            if !known.contains(&key) {
+                continue;
+            }
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            table.insert(key, value);
+            changed = true;
+        }
+        if !changed {
+            return Ok(self);
+        }
+        Config::deserialize(table).context("read AGENTRT_* environment variables")
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -169,6 +196,22 @@ mod tests {
         assert_eq!((c.listen.port(), c.lease_ttl_seconds), (9000, 10));
         let o = Overrides { listen: Some("127.0.0.1:9001".parse().unwrap()), ..Default::default() };
         assert_eq!(Config::load(Some(&path), o).unwrap().listen.port(), 9001);
+    }
+
+    #[test]
+    fn environment_sits_between_file_and_flags() {
+        let env = vec![
+            ("AGENTRT_LEASE_TTL_SECONDS".to_owned(), "12".to_owned()),
+            ("AGENTRT_OTEL_CAPTURE_CONTENT".to_owned(), "true".to_owned()),
+            ("AGENTRT_OTEL_ENDPOINT".to_owned(), "http://127.0.0.1:4318".to_owned()),
+            ("AGENTRT_URL".to_owned(), "not a config key".to_owned()),
+        ];
+        let c = Config::default().with_env(env.into_iter()).unwrap();
+        assert_eq!((c.lease_ttl_seconds, c.otel_capture_content), (12, true));
+        assert_eq!(c.otel_endpoint, "http://127.0.0.1:4318");
+        let bad = vec![("AGENTRT_LEASE_TTL_SECONDS".to_owned(), "soon".to_owned())];
+        let err = format!("{:#}", Config::default().with_env(bad.into_iter()).unwrap_err());
+        assert!(err.contains("AGENTRT_"), "{err}");
     }
 
     #[test]

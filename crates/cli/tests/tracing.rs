@@ -71,15 +71,16 @@ async fn spans(r: &Receiver) -> Vec<Value> {
     }
 }
 
-async fn turn_span_tree(protocol: &str, otlp_protocol: &str) {
+/// Runs one traced turn against a fresh receiver; returns its spans, the
+/// turn, its events and the counter that served the HTTP tool.
+async fn traced_turn(protocol: &str, otlp_protocol: &str, extra_env: &[(&str, &str)]) -> (Vec<Value>, Value, Vec<Value>, Counter, String) {
     let dir = tempfile::tempdir().unwrap();
     let r = receiver(protocol, dir.path());
     let counter = Counter::start().await;
     let endpoint = format!("http://127.0.0.1:{}", r.port);
-    let server = Server::start_with_env(
-        &dir.path().join("data"),
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_EXPORTER_OTLP_PROTOCOL", otlp_protocol), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
-    );
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", otlp_protocol), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    env.extend_from_slice(extra_env);
+    let server = Server::start_with_env(&dir.path().join("data"), &env);
     server.apply("probed", &AGENT.replace("COUNTER", &counter.url)).await;
     let session = server.session("probed").await;
     let resp = server
@@ -92,8 +93,12 @@ async fn turn_span_tree(protocol: &str, otlp_protocol: &str) {
         .unwrap();
     let turn: Value = resp.json().await.unwrap();
     assert_eq!(turn["status"], "completed", "{turn}");
+    let events = server.events(&session).await;
+    (spans(&r).await, turn, events, counter, session)
+}
 
-    let spans = spans(&r).await;
+async fn turn_span_tree(protocol: &str, otlp_protocol: &str) {
+    let (spans, turn, events, counter, session) = traced_turn(protocol, otlp_protocol, &[]).await;
     let by_name = |n: &str| spans.iter().filter(|s| s["name"] == n).cloned().collect::<Vec<_>>();
     assert!(spans.iter().all(|s| s["trace_id"] == TRACE), "every span is in the client's trace");
 
@@ -106,7 +111,6 @@ async fn turn_span_tree(protocol: &str, otlp_protocol: &str) {
     assert_eq!(root["attributes"]["gen_ai.conversation.id"], session.as_str());
     assert_eq!(root["attributes"]["gen_ai.usage.input_tokens"], turn["usage"]["input_tokens"]);
 
-    let events = server.events(&session).await;
     let usage: Vec<&Value> = events.iter().filter(|e| e["type"] == "model.completed").map(|e| &e["usage"]).collect();
     let chats = by_name("chat");
     assert_eq!(chats.len(), 2);
@@ -151,4 +155,64 @@ async fn turn_spans_over_otlp_http() {
 #[tokio::test]
 async fn turn_spans_over_otlp_grpc() {
     turn_span_tree("grpc", "grpc").await;
+}
+
+#[tokio::test]
+async fn content_goes_on_spans_only_when_the_operator_asks() {
+    let (spans, ..) = traced_turn("http", "http/protobuf", &[("AGENTRT_OTEL_CAPTURE_CONTENT", "true")]).await;
+    let probe = spans.iter().find(|s| s["attributes"]["gen_ai.tool.name"] == "probe").unwrap();
+    assert_eq!(probe["attributes"]["gen_ai.tool.call.arguments"], r#"{"secret":"s3cr3t"}"#);
+    assert!(probe["attributes"]["gen_ai.tool.call.result"].as_str().unwrap().contains("probe"));
+}
+
+#[tokio::test]
+async fn json_log_lines_in_a_turn_carry_session_turn_and_trace_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("log.jsonl")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    while !line.starts_with("agentrt listening on ") {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+    }
+    let url = line.trim().strip_prefix("agentrt listening on ").unwrap().to_owned();
+    let http = reqwest::Client::new();
+    http.put(format!("{url}/v1/agents/a")).body(include_str!("../../../examples/agents/assistant.toml")).send().await.unwrap();
+    let s: Value = http.post(format!("{url}/v1/sessions")).json(&json!({"agent": "a"})).send().await.unwrap().json().await.unwrap();
+    let session = s["id"].as_str().unwrap().to_owned();
+    let t: Value = http
+        .post(format!("{url}/v1/sessions/{session}/turns?wait=30"))
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .json(&json!({"input": "log me"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["status"], "completed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        let text = std::fs::read_to_string(dir.path().join("log.jsonl")).unwrap();
+        let found = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["fields"]["message"] == "turn ended");
+        if let Some(v) = found {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no 'turn ended' line in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ended["span"]["session"], session.as_str(), "{ended}");
+    assert_eq!(ended["span"]["turn"], t["turn_id"], "{ended}");
+    assert_eq!(ended["span"]["trace_id"], TRACE, "{ended}");
+    assert_eq!(ended["level"], "INFO");
 }

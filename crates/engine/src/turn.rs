@@ -64,7 +64,14 @@ async fn run_turn(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot
     let cancel = slot.register(&turn_id);
     let result = TurnRun::start(inner, id, fence, cancel, turn, session).await;
     let result = match result {
-        Ok(Some(mut run)) => run.drive().await,
+        Ok(Some(mut run)) => {
+            let r = run.drive().await;
+            if r.is_ok() {
+                let p = &run.progress;
+                tracing::info!(steps = p.steps_done, input_tokens = p.usage.input_tokens, output_tokens = p.usage.output_tokens, "turn ended");
+            }
+            r
+        }
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
