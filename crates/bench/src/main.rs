@@ -6,6 +6,7 @@ mod idle;
 mod inproc;
 mod stats;
 mod timed_store;
+mod tracing_cost;
 
 use std::path::PathBuf;
 
@@ -87,6 +88,20 @@ async fn main() -> anyhow::Result<()> {
         let sps = inproc::throughput(&rig, c, tool_calls).await?;
         let target = if c == 100 { "≥ 5,000 steps/s" } else { "" };
         row(&format!("throughput, {c} concurrent sessions ({} steps each)", 2 * tool_calls + 1), format!("{sps:.0} steps/s"), target);
+    }
+
+    {
+        // Tracing cost on the os-buffered store, where the disk does not hide it.
+        let rig = inproc::rig(&args.tmp, Durability::OsBuffered).await?;
+        inproc::step_overhead(&rig, 500, 1).await?;
+        let (off, on) = tracing_cost::compare(&rig, args.tool_calls, 2, 3).await?;
+        row("step overhead, OpenTelemetry tracing off (os-buffered)", format!("p50 {} · p99 {}", us(off.p50), us(off.p99)), "");
+        let added = (on.p50.as_secs_f64() / off.p50.as_secs_f64() - 1.0) * 100.0;
+        row(
+            "step overhead, tracing on: every span exported over OTLP/HTTP",
+            format!("p50 {} · p99 {} · {added:+.1}% at p50", us(on.p50), us(on.p99)),
+            "< 10% added at p50",
+        );
     }
 
     let rig = inproc::rig(&args.tmp, Durability::Fsync).await?;
