@@ -94,8 +94,8 @@ async fn main() -> anyhow::Result<()> {
         // Tracing cost on the os-buffered store, where the disk does not hide it.
         let rig = inproc::rig(&args.tmp, Durability::OsBuffered).await?;
         inproc::step_overhead(&rig, 500, 1).await?;
-        let (off, on) = tracing_cost::compare(&rig, args.tool_calls, 2, 3).await?;
-        row("step overhead, OpenTelemetry tracing off (os-buffered)", format!("p50 {} · p99 {}", us(off.p50), us(off.p99)), "");
+        let (off, on) = tracing_cost::compare(&rig, args.tool_calls, 3, 5).await?;
+        row("step overhead, OpenTelemetry tracing off (os-buffered; median of 5 rounds)", format!("p50 {} · p99 {}", us(off.p50), us(off.p99)), "");
         let added = (on.p50.as_secs_f64() / off.p50.as_secs_f64() - 1.0) * 100.0;
         row(
             "step overhead, tracing on: every span exported over OTLP/HTTP",

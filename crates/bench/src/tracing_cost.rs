@@ -44,7 +44,7 @@ pub async fn compare(rig: &Rig, tool_calls: u32, turns: usize, rounds: usize) ->
     for _ in 0..rounds {
         handle.modify(|l| *l = None).context("tracing off")?;
         off.push(crate::inproc::step_overhead(rig, tool_calls, turns).await?);
-        handle.modify(|l| *l = Some(tracing_opentelemetry::layer().with_tracer(tracer.clone()))).context("tracing on")?;
+        handle.modify(|l| *l = Some(agentrt_engine::telemetry::otel_layer(tracer.clone()))).context("tracing on")?;
         on.push(crate::inproc::step_overhead(rig, tool_calls, turns).await?);
     }
     handle.modify(|l| *l = None).context("tracing off")?;

@@ -97,7 +97,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let otel = provider.as_ref().map(|p| {
         // Only the runtime's own spans (turns, model and tool calls, appends).
         let targets = Targets::new().with_target("agentrt_engine", tracing::Level::INFO);
-        tracing_opentelemetry::layer().with_tracer(p.tracer("agentrt")).with_filter(targets)
+        agentrt_engine::telemetry::otel_layer(p.tracer("agentrt")).with_filter(targets)
     });
     let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
     if provider.is_some() {

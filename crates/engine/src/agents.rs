@@ -15,6 +15,8 @@ pub struct LoadedAgent {
     /// key); turns of this agent fail with that message.
     pub provider: Result<Arc<dyn ModelProvider>, String>,
     pub tools: ToolSet,
+    /// Retries, rate limits and breakers, shared by the version's sessions.
+    pub router: agentrt_tools::router::ToolRouter,
 }
 
 /// Cache of loaded agents.

@@ -37,6 +37,11 @@ pub struct ToolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: String,
 }
@@ -53,6 +58,8 @@ pub struct Metrics {
     step_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
     tokens: Family<TokenLabels, Counter>,
     tool_calls: Family<ToolLabels, Counter>,
+    /// 0 closed, 1 half-open, 2 open.
+    breaker_state: Family<TargetLabel, Gauge>,
     append_seconds: Histogram,
     /// Open SSE streams.
     pub sse_clients: Gauge,
@@ -70,6 +77,7 @@ impl Default for Metrics {
             step_seconds: Family::new_with_constructor(latency_histogram),
             tokens: Family::default(),
             tool_calls: Family::default(),
+            breaker_state: Family::default(),
             append_seconds: latency_histogram(),
             sse_clients: Gauge::default(),
             sessions: Family::default(),
@@ -81,6 +89,7 @@ impl Default for Metrics {
             r.register("step_duration_seconds", "Duration of model and tool calls by kind", m.step_seconds.clone());
             r.register("model_tokens", "Model tokens by agent, model and direction", m.tokens.clone());
             r.register("tool_calls", "Tool calls by tool and outcome", m.tool_calls.clone());
+            r.register("tool_breaker_state", "Circuit state per tool target: 0 closed, 1 half-open, 2 open", m.breaker_state.clone());
             r.register("store_append_duration_seconds", "Latency of a durable append (commit included)", m.append_seconds.clone());
             r.register("sse_clients", "Open SSE event streams", m.sse_clients.clone());
             r.register("sessions", "Sessions by status", m.sessions.clone());
@@ -110,6 +119,14 @@ impl Metrics {
                     tokens("output", usage.output_tokens);
                 }
                 EventData::ModelFailed { latency_us, .. } => self.step("model", *latency_us),
+                EventData::ToolBreaker { target, state, .. } => {
+                    let value = match state.as_str() {
+                        "open" => 2,
+                        "half_open" => 1,
+                        _ => 0,
+                    };
+                    self.breaker_state.get_or_create(&TargetLabel { target: target.clone() }).set(value);
+                }
                 EventData::ToolCompleted { tool, outcome, latency_us, .. } => {
                     self.step("tool", *latency_us);
                     let outcome = match outcome {

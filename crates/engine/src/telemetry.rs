@@ -18,6 +18,23 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// The GenAI semantic-conventions version the span attributes follow.
 pub const GENAI_SEMCONV_VERSION: &str = "1.37.0";
 
+/// The OpenTelemetry layer for these spans, without the per-span extras
+/// (source location, thread, busy/idle timings) that cost time on every
+/// span and say little about an agent's work.
+pub fn otel_layer<S, T>(tracer: T) -> tracing_opentelemetry::OpenTelemetryLayer<S, T>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    T: opentelemetry::trace::Tracer + 'static,
+    T::Span: Send + Sync,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+}
+
 /// Parses a W3C `traceparent` (`00-{trace id}-{span id}-{flags}`).
 pub fn parse_traceparent(raw: &str) -> Option<SpanContext> {
     let mut parts = raw.trim().split('-');

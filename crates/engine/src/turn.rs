@@ -385,7 +385,8 @@ impl TurnRun {
             let agent = self.agent.clone().expect("agent loaded");
             pending.push(async move {
                 let started = Instant::now();
-                let r = agent.tools.call(&call.call.name, &ctx, call.call.arguments.clone()).instrument(span.clone()).await;
+                let routed = agent.router.call(&agent.tools, &call.call.name, &ctx, call.call.arguments.clone()).instrument(span.clone()).await;
+                let r = routed.result;
                 match &r {
                     Ok(v) => {
                         span.record("agentrt.tool.outcome", "ok");
@@ -399,7 +400,7 @@ impl TurnRun {
                         span.record("otel.status_code", "ERROR");
                     }
                 }
-                (call, r, started.elapsed().as_micros() as u64)
+                (call, r, started.elapsed().as_micros() as u64, routed.attempts, routed.breaker_changes)
             });
         }
         let deadline = tokio::time::Instant::from_std(self.deadline());
@@ -411,12 +412,17 @@ impl TurnRun {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = self.inner.shutdown.cancelled() => return Err(Abort::Shutdown),
             };
-            let Some((call, result, latency_us)) = next else { break };
+            let Some((call, result, latency_us, attempts, breaker_changes)) = next else { break };
             let (outcome, output) = match result {
                 Ok(v) => (Outcome::Ok, truncate(v)),
                 Err(e) => (Outcome::Error, json!({"error": tool_error_text(&e)})),
             };
-            done.push(self.completed(&call, outcome, output, latency_us, 1));
+            for change in breaker_changes {
+                let turn_id = self.turn.turn_id.clone();
+                let (target, state, failures) = (change.target, change.state.as_str().to_owned(), change.failures);
+                done.push(EventData::ToolBreaker { turn_id, target, state, failures }.into());
+            }
+            done.push(self.completed(&call, outcome, output, latency_us, attempts));
             if !pending.is_empty() {
                 self.append(std::mem::take(&mut done)).await?;
             }
@@ -572,5 +578,6 @@ async fn load_agent(inner: &Inner, name: &str, version: u32) -> Result<Arc<Loade
         agentrt_model::ModelError::Config(reason) => reason,
         other => other.to_string(),
     });
-    Ok(inner.agents.insert(LoadedAgent { version: v, provider, tools }))
+    let router = agentrt_tools::router::ToolRouter::new(v.spec.tools.router.clone());
+    Ok(inner.agents.insert(LoadedAgent { version: v, provider, tools, router }))
 }

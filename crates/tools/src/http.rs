@@ -41,6 +41,15 @@ impl Tool for HttpTool {
         Duration::from_secs(self.spec.timeout_seconds)
     }
 
+    fn target(&self) -> Option<String> {
+        let rest = self.spec.url.split_once("://").map(|(_, r)| r)?;
+        Some(rest.split(['/', '?', '#']).next().unwrap_or(rest).to_owned())
+    }
+
+    fn rate_per_second(&self) -> Option<f64> {
+        self.spec.rate_per_second
+    }
+
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value, ToolError> {
         let mut req = ctx.http.post(&self.spec.url).header("Idempotency-Key", &ctx.idempotency_key).json(&args);
         if let Some(tp) = &ctx.traceparent {
@@ -49,13 +58,26 @@ impl Tool for HttpTool {
         for (k, v) in &self.spec.headers {
             req = req.header(k, v);
         }
-        let resp = req.send().await.map_err(|e| ToolError::Failed(format!("request to {} failed: {e}", self.spec.url)))?;
+        let resp = req.send().await.map_err(|e| ToolError::Unavailable(format!("request to {} failed: {}", self.spec.url, root_cause(&e))))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ToolError::Failed(format!("reading response failed: {e}")))?;
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_BODY)]).into_owned();
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(ToolError::Unavailable(format!("HTTP {}: {}", status.as_u16(), text.trim())));
+        }
         if !status.is_success() {
             return Err(ToolError::Failed(format!("HTTP {}: {}", status.as_u16(), text.trim())));
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
+}
+
+/// The innermost cause of a request error ("connection refused"), which
+/// reqwest's own message hides.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }

@@ -4,6 +4,7 @@
 
 mod builtin;
 mod http;
+pub mod router;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,8 +42,24 @@ pub enum ToolError {
     InvalidArguments(String),
     #[error("timed out after {} s", .0.as_secs_f64())]
     Timeout(Duration),
+    /// The tool's server could not be reached or answered 429/5xx; a retry
+    /// may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("rate limited: no capacity for {0} within {1} ms; try again later")]
+    RateLimited(String, u64),
+    #[error("circuit open for {target}: it failed {failures} times in a row; next try in {retry_in_s} s")]
+    BreakerOpen { target: String, failures: u32, retry_in_s: u64 },
     #[error("{0}")]
     Failed(String),
+}
+
+impl ToolError {
+    /// Whether the failure may go away on its own (worth a retry, and
+    /// counted by the circuit breaker).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ToolError::Timeout(_) | ToolError::Unavailable(_))
+    }
 }
 
 /// A tool.
@@ -55,6 +72,15 @@ pub trait Tool: Send + Sync {
     /// Longest a call may take.
     fn timeout(&self) -> Duration {
         Duration::from_secs(30)
+    }
+    /// What the circuit breaker guards (e.g. an HTTP `host:port`); `None`
+    /// for tools that run in-process.
+    fn target(&self) -> Option<String> {
+        None
+    }
+    /// Calls allowed per second, if the tool is rate limited.
+    fn rate_per_second(&self) -> Option<f64> {
+        None
     }
     /// Runs the tool.
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value, ToolError>;
@@ -102,6 +128,16 @@ impl ToolSet {
     /// Definitions to offer the model.
     pub fn defs(&self) -> Vec<ToolDef> {
         self.tools.values().map(|e| e.tool.def().clone()).collect()
+    }
+
+    /// The breaker target of the named tool.
+    pub fn target(&self, name: &str) -> Option<String> {
+        self.tools.get(name).and_then(|e| e.tool.target())
+    }
+
+    /// The rate limit of the named tool.
+    pub fn rate_per_second(&self, name: &str) -> Option<f64> {
+        self.tools.get(name).and_then(|e| e.tool.rate_per_second())
     }
 
     /// Whether the named tool is idempotent (`false` for unknown tools).

@@ -125,6 +125,9 @@ pub enum EventData {
         latency_us: u64,
         attempts: u32,
     },
+    /// A tool target's circuit breaker changed state (`open`, `half_open`, `closed`).
+    #[serde(rename = "tool.breaker")]
+    ToolBreaker { turn_id: TurnId, target: String, state: String, failures: u32 },
     /// Assistant output shown to the user.
     #[serde(rename = "message")]
     Message { turn_id: TurnId, content: String },
@@ -151,6 +154,7 @@ impl EventData {
             EventData::ModelFailed { .. } => "model.failed",
             EventData::ToolRequested { .. } => "tool.requested",
             EventData::ToolCompleted { .. } => "tool.completed",
+            EventData::ToolBreaker { .. } => "tool.breaker",
             EventData::Message { .. } => "message",
             EventData::TurnCompleted { .. } => "turn.completed",
             EventData::TurnFailed { .. } => "turn.failed",
@@ -171,6 +175,7 @@ impl EventData {
             | EventData::ModelFailed { turn_id, .. }
             | EventData::ToolRequested { turn_id, .. }
             | EventData::ToolCompleted { turn_id, .. }
+            | EventData::ToolBreaker { turn_id, .. }
             | EventData::Message { turn_id, .. }
             | EventData::TurnCompleted { turn_id, .. }
             | EventData::TurnFailed { turn_id, .. }

@@ -112,6 +112,58 @@ pub struct ToolsSpec {
     /// HTTP tools: each call POSTs its arguments as JSON to a URL.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpToolSpec>,
+    /// How the tool router retries, limits and breaks calls.
+    #[serde(default)]
+    pub router: RouterSpec,
+}
+
+/// Retries, rate-limit waits and circuit breaking of tool calls.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSpec {
+    /// Attempts per call, for idempotent tools and transient failures only.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles each retry, with jitter, up to 2 s.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Consecutive transient failures of one target that open its circuit.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// Seconds an open circuit waits before letting one probe call through.
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown_seconds: u64,
+    /// Longest a call waits for rate-limit capacity before failing.
+    #[serde(default = "default_rate_wait_ms")]
+    pub rate_limit_wait_ms: u64,
+}
+
+impl Default for RouterSpec {
+    fn default() -> Self {
+        RouterSpec {
+            max_attempts: default_attempts(),
+            backoff_ms: default_backoff_ms(),
+            breaker_failures: default_breaker_failures(),
+            breaker_cooldown_seconds: default_breaker_cooldown(),
+            rate_limit_wait_ms: default_rate_wait_ms(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+fn default_backoff_ms() -> u64 {
+    100
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> u64 {
+    30
+}
+fn default_rate_wait_ms() -> u64 {
+    1000
 }
 
 impl ToolsSpec {
@@ -143,6 +195,9 @@ pub struct HttpToolSpec {
     /// Extra request headers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Calls allowed per second (token bucket, burst = the rate rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<f64>,
 }
 
 fn one() -> u32 {
@@ -249,6 +304,13 @@ impl AgentSpec {
         if self.limits.max_steps == 0 || self.limits.max_steps > MAX_STEPS_CAP {
             bad("limits.max_steps".into(), format!("must be between 1 and {MAX_STEPS_CAP}"));
         }
+        let r = &self.tools.router;
+        if r.max_attempts == 0 || r.max_attempts > 10 {
+            bad("tools.router.max_attempts".into(), "must be between 1 and 10".into());
+        }
+        if r.breaker_failures == 0 {
+            bad("tools.router.breaker_failures".into(), "must be at least 1".into());
+        }
         if self.limits.max_turn_seconds == 0 {
             bad("limits.max_turn_seconds".into(), "must be at least 1".into());
         }
@@ -272,6 +334,9 @@ impl AgentSpec {
             }
             if t.timeout_seconds == 0 || t.timeout_seconds > 3600 {
                 bad(format!("{p}.timeout_seconds"), "must be between 1 and 3600".into());
+            }
+            if t.rate_per_second.is_some_and(|r| !(r > 0.0 && r <= 1e6)) {
+                bad(format!("{p}.rate_per_second"), "must be a number above 0".into());
             }
             if !t.input_schema.is_object() {
                 bad(format!("{p}.input_schema"), "must be a JSON Schema object".into());

@@ -191,6 +191,8 @@ struct CounterState {
     hold: Mutex<HashMap<String, bool>>,
     release: Notify,
     delays: Mutex<HashMap<String, Duration>>,
+    /// Status codes to answer with, per path, before answering normally.
+    failures: Mutex<HashMap<String, Vec<u16>>>,
 }
 
 impl Counter {
@@ -206,6 +208,11 @@ impl Counter {
     /// Requests to `/name` block until [`Counter::release`].
     pub fn hold(&self, name: &str) {
         self.state.hold.lock().unwrap().insert(name.to_owned(), true);
+    }
+
+    /// The next `times` requests to `/name` get HTTP `status`.
+    pub fn fail(&self, name: &str, status: u16, times: usize) {
+        self.state.failures.lock().unwrap().insert(name.to_owned(), vec![status; times]);
     }
 
     pub fn delay(&self, name: &str, d: Duration) {
@@ -245,7 +252,12 @@ impl Counter {
     }
 }
 
-async fn counter_handler(State(st): State<Arc<CounterState>>, AxPath(name): AxPath<String>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
+async fn counter_handler(
+    State(st): State<Arc<CounterState>>,
+    AxPath(name): AxPath<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (axum::http::StatusCode, Json<Value>) {
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         st.traceparents.lock().unwrap().push((name.clone(), tp.to_owned()));
@@ -263,7 +275,12 @@ async fn counter_handler(State(st): State<Arc<CounterState>>, AxPath(name): AxPa
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    Json(json!({"ok": true, "tool": name, "echo": body}))
+    let failure = st.failures.lock().unwrap().get_mut(&name).and_then(|f| f.pop());
+    if let Some(status) = failure {
+        let status = axum::http::StatusCode::from_u16(status).unwrap();
+        return (status, Json(json!({"error": "injected failure"})));
+    }
+    (axum::http::StatusCode::OK, Json(json!({"ok": true, "tool": name, "echo": body})))
 }
 
 /// Reads SSE events from a session; `max` events or until `stop` matches.
