@@ -75,7 +75,7 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn put_agent(&self, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
-        let (name, spec) = (name.to_owned(), spec.clone());
+        let (name, spec) = (name.to_owned(), Box::new(spec.clone()));
         self.write(|reply| WriteOp::PutAgent { name, spec, reply }).await
     }
 

@@ -21,7 +21,7 @@ const MAX_GROUP: usize = 512;
 
 /// A write request with the channel its answer goes back on.
 pub enum WriteOp {
-    PutAgent { name: String, spec: AgentSpec, reply: oneshot::Sender<Result<AgentVersion, StoreError>> },
+    PutAgent { name: String, spec: Box<AgentSpec>, reply: oneshot::Sender<Result<AgentVersion, StoreError>> },
     CreateSession { new: NewSession, reply: oneshot::Sender<Result<(SessionSummary, Event), StoreError>> },
     Append { request: AppendRequest, reply: oneshot::Sender<Result<Vec<Event>, StoreError>> },
     AcquireLease { session: agentrt_types::SessionId, holder: String, ttl_ms: i64, force: bool, reply: oneshot::Sender<Result<Option<u64>, StoreError>> },
