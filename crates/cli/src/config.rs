@@ -41,6 +41,8 @@ pub struct Config {
     pub otel_protocol: String,
     /// Put prompt/completion content and tool arguments/results on spans.
     pub otel_capture_content: bool,
+    /// Let agents run stdio MCP servers as host processes.
+    pub mcp_stdio_on_host: bool,
 }
 
 /// Log line format.
@@ -66,6 +68,7 @@ impl Default for Config {
             otel_endpoint: String::new(),
             otel_protocol: String::new(),
             otel_capture_content: false,
+            mcp_stdio_on_host: false,
         }
     }
 }
@@ -105,6 +108,7 @@ struct FileConfig {
     otel_endpoint: Option<String>,
     otel_protocol: Option<String>,
     otel_capture_content: Option<bool>,
+    mcp_stdio_on_host: Option<bool>,
 }
 
 impl Config {
@@ -117,7 +121,7 @@ impl Config {
             macro_rules! take {
                 ($($field:ident),*) => { $(if let Some(v) = f.$field { c.$field = v; })* };
             }
-            take!(listen, data_dir, log_format, node_id, lease_ttl_seconds, max_input_bytes, sse_heartbeat_seconds, http_timeout_seconds, store_durability, otel_endpoint, otel_protocol, otel_capture_content);
+            take!(listen, data_dir, log_format, node_id, lease_ttl_seconds, max_input_bytes, sse_heartbeat_seconds, http_timeout_seconds, store_durability, otel_endpoint, otel_protocol, otel_capture_content, mcp_stdio_on_host);
         }
         c = c.with_env(std::env::vars())?;
         if let Some(v) = overrides.listen {

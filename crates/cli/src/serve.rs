@@ -32,6 +32,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_input_bytes: config.max_input_bytes,
         http_timeout: Duration::from_secs(config.http_timeout_seconds),
         capture_content: config.otel_capture_content,
+        mcp_stdio_on_host: config.mcp_stdio_on_host,
         ..EngineConfig::default()
     };
     if !config.node_id.is_empty() {

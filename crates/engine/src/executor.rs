@@ -74,7 +74,16 @@ pub(crate) fn ensure_running(inner: &Arc<Inner>, id: &SessionId) {
         slot
     };
     let (inner2, id2) = (inner.clone(), id.clone());
-    inner.tasks.spawn(async move { run_session(inner2, id2, slot).await });
+    inner.tasks.spawn(async move {
+        use futures_util::FutureExt;
+        let run = std::panic::AssertUnwindSafe(run_session(inner2.clone(), id2.clone(), slot.clone()));
+        if run.catch_unwind().await.is_err() {
+            // A bug, not an input: free the slot so the session is not stuck;
+            // its unfinished turn resumes from the log on the next start.
+            tracing::error!(session = %id2, "executor panicked; session left for recovery");
+            inner2.executors.remove_if_same(&id2, &slot);
+        }
+    });
 }
 
 /// Cancels a running turn on this node, if it is running here.

@@ -53,6 +53,9 @@ pub struct EngineConfig {
     pub http_timeout: Duration,
     /// Put prompt/completion content and tool arguments/results on spans.
     pub capture_content: bool,
+    /// Let agents run stdio MCP servers as host processes (until a sandbox
+    /// driver can run them inside the session's sandbox).
+    pub mcp_stdio_on_host: bool,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
             max_input_bytes: 256 * 1024,
             http_timeout: Duration::from_secs(300),
             capture_content: false,
+            mcp_stdio_on_host: false,
         }
     }
 }
@@ -192,7 +196,24 @@ impl Engine {
             return Err(EngineError::InvalidAgentName(name.to_owned()));
         }
         let spec = AgentSpec::parse(text, format)?;
-        ToolSet::for_agent(&spec).map_err(|e| SpecError { errors: vec![FieldError { path: e.path, message: e.message }] })?;
+        ToolSet::for_agent(&spec, self.inner.config.mcp_stdio_on_host)
+            .map_err(|e| SpecError { errors: vec![FieldError { path: e.path, message: e.message }] })?;
+        if !self.inner.config.mcp_stdio_on_host {
+            let errors: Vec<FieldError> = spec
+                .tools
+                .mcp
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.command.is_some())
+                .map(|(i, _)| FieldError {
+                    path: format!("tools.mcp[{i}].command"),
+                    message: "stdio MCP servers need mcp-stdio-on-host = true in the server config (they run as host processes until sandboxes exist); or use a url".into(),
+                })
+                .collect();
+            if !errors.is_empty() {
+                return Err(SpecError { errors }.into());
+            }
+        }
         Ok(self.inner.store.put_agent(name, &spec).await?)
     }
 

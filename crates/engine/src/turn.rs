@@ -303,6 +303,9 @@ impl TurnRun {
             Ok(p) => p.clone(),
             Err(msg) => return Ok(ModelOutcome::Failed(ModelError::Config(msg.clone()))),
         };
+        for (server, e) in agent.tools.discover().await {
+            tracing::warn!(server, error = %e, "MCP server unavailable; its tools are not offered this step");
+        }
         let m = &agent.version.spec.model;
         let span = telemetry::chat_span(&m.provider, &m.model, step);
         let request = ModelRequest {
@@ -572,7 +575,7 @@ async fn load_agent(inner: &Inner, name: &str, version: u32) -> Result<Arc<Loade
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("agent {name:?} version {version} not found"))?;
-    let tools = agentrt_tools::ToolSet::for_agent(&v.spec).map_err(|e| e.to_string())?;
+    let tools = agentrt_tools::ToolSet::for_agent(&v.spec, inner.config.mcp_stdio_on_host).map_err(|e| e.to_string())?;
     // Keep the bare reason: the model step wraps it as a configuration error.
     let provider = agentrt_model::provider_for(&v.spec.model, inner.http.clone()).map_err(|e| match e {
         agentrt_model::ModelError::Config(reason) => reason,

@@ -4,6 +4,7 @@
 
 mod builtin;
 mod http;
+pub mod mcp;
 pub mod router;
 
 use std::collections::BTreeMap;
@@ -99,14 +100,17 @@ struct Entry {
     validator: jsonschema::Validator,
 }
 
-/// The tools of one agent version.
+/// The tools of one agent version: built-ins, HTTP tools, and the tools its
+/// MCP servers offer (known after [`ToolSet::discover`]).
 pub struct ToolSet {
     tools: BTreeMap<String, Entry>,
+    mcp: Vec<Arc<mcp::McpServer>>,
 }
 
 impl ToolSet {
-    /// Builds the tool set an agent spec declares.
-    pub fn for_agent(spec: &AgentSpec) -> Result<ToolSet, SchemaError> {
+    /// Builds the tool set an agent spec declares. Stdio MCP servers run as
+    /// host processes only if `allow_host_stdio`.
+    pub fn for_agent(spec: &AgentSpec, allow_host_stdio: bool) -> Result<ToolSet, SchemaError> {
         let mut tools: Vec<(String, Arc<dyn Tool>)> = Vec::new();
         for name in spec.tools.enabled_builtins() {
             if let Some(t) = builtin(&name) {
@@ -122,17 +126,45 @@ impl ToolSet {
                 .map_err(|e| SchemaError { path, message: e.to_string() })?;
             map.insert(tool.def().name.clone(), Entry { tool, validator });
         }
-        Ok(ToolSet { tools: map })
+        let mcp = spec.tools.mcp.iter().map(|s| Arc::new(mcp::McpServer::new(s.clone(), allow_host_stdio))).collect();
+        Ok(ToolSet { tools: map, mcp })
+    }
+
+    /// Lists the tools of MCP servers not yet listed or that announced a
+    /// change. A server that cannot be reached is reported and skipped.
+    pub async fn discover(&self) -> Vec<(String, ToolError)> {
+        let mut failed = Vec::new();
+        for server in &self.mcp {
+            if let Err(e) = server.discover().await {
+                failed.push((server.spec.name.clone(), e));
+            }
+        }
+        failed
     }
 
     /// Definitions to offer the model.
     pub fn defs(&self) -> Vec<ToolDef> {
-        self.tools.values().map(|e| e.tool.def().clone()).collect()
+        let mut defs: Vec<ToolDef> = self.tools.values().map(|e| e.tool.def().clone()).collect();
+        for server in &self.mcp {
+            defs.extend(server.tools().into_iter().map(|t| t.def));
+        }
+        defs
+    }
+
+    /// The MCP server and tool behind `{server}.{tool}`.
+    fn mcp_tool(&self, name: &str) -> Option<(&Arc<mcp::McpServer>, mcp::McpTool)> {
+        let (server, _) = name.split_once('.')?;
+        let server = self.mcp.iter().find(|s| s.spec.name == server)?;
+        let tool = server.tools().into_iter().find(|t| t.def.name == name)?;
+        Some((server, tool))
     }
 
     /// The breaker target of the named tool.
     pub fn target(&self, name: &str) -> Option<String> {
-        self.tools.get(name).and_then(|e| e.tool.target())
+        match self.tools.get(name) {
+            Some(e) => e.tool.target(),
+            None => self.mcp_tool(name).map(|(s, _)| s.target()),
+        }
     }
 
     /// The rate limit of the named tool.
@@ -142,12 +174,30 @@ impl ToolSet {
 
     /// Whether the named tool is idempotent (`false` for unknown tools).
     pub fn is_idempotent(&self, name: &str) -> bool {
-        self.tools.get(name).is_some_and(|e| e.tool.idempotent())
+        match self.tools.get(name) {
+            Some(e) => e.tool.idempotent(),
+            None => self.mcp_tool(name).is_some_and(|(_, t)| t.idempotent),
+        }
     }
 
     /// Validates the arguments, then runs the tool under its timeout.
     pub async fn call(&self, name: &str, ctx: &ToolContext, args: Value) -> Result<Value, ToolError> {
-        let entry = self.tools.get(name).ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
+        let Some(entry) = self.tools.get(name) else {
+            // A tool the server added since the last listing: list again once.
+            if self.mcp_tool(name).is_none() {
+                if let Some(server) = name.split_once('.').and_then(|(s, _)| self.mcp.iter().find(|m| m.spec.name == s)) {
+                    server.mark_changed();
+                    server.discover().await?;
+                }
+            }
+            // MCP servers validate their own input schemas.
+            let (server, tool) = self.mcp_tool(name).ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
+            let limit = server.timeout();
+            return match tokio::time::timeout(limit, server.call(&tool.remote_name, args)).await {
+                Ok(r) => r,
+                Err(_) => Err(ToolError::Timeout(limit)),
+            };
+        };
         let problems: Vec<String> = entry
             .validator
             .iter_errors(&args)

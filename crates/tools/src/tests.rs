@@ -29,7 +29,7 @@ async fn ctx() -> (tempfile::TempDir, ToolContext) {
 }
 
 fn tools() -> ToolSet {
-    ToolSet::for_agent(&AgentSpec::parse("[model]\nprovider = \"scripted\"", SpecFormat::Toml).unwrap()).unwrap()
+    ToolSet::for_agent(&AgentSpec::parse("[model]\nprovider = \"scripted\"", SpecFormat::Toml).unwrap(), false).unwrap()
 }
 
 #[tokio::test]
@@ -67,6 +67,6 @@ fn a_bad_schema_names_its_field() {
         url = "http://127.0.0.1:1/"
         input_schema = { type = "no-such-type" }
     "#;
-    let err = ToolSet::for_agent(&AgentSpec::parse(text, SpecFormat::Toml).unwrap()).err().unwrap();
+    let err = ToolSet::for_agent(&AgentSpec::parse(text, SpecFormat::Toml).unwrap(), false).err().unwrap();
     assert_eq!(err.path, "tools.http[0].input_schema");
 }

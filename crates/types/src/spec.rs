@@ -112,9 +112,40 @@ pub struct ToolsSpec {
     /// HTTP tools: each call POSTs its arguments as JSON to a URL.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpToolSpec>,
+    /// MCP servers whose tools the agent may call, as `{server}.{tool}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp: Vec<McpServerSpec>,
     /// How the tool router retries, limits and breaks calls.
     #[serde(default)]
     pub router: RouterSpec,
+}
+
+/// An MCP server: streamable HTTP at `url`, or a stdio process `command`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerSpec {
+    /// Prefix of the server's tools (`{name}.{tool}`).
+    pub name: String,
+    /// Streamable HTTP endpoint, e.g. `https://mcp.example.com/mcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Program of a stdio server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Request headers: header name → the name of the secret (an environment
+    /// variable of the server) holding its value. Values never enter specs,
+    /// events or logs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Only these of the server's tools are offered (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_seconds: u64,
 }
 
 /// Retries, rate-limit waits and circuit breaking of tool calls.
@@ -348,6 +379,25 @@ impl AgentSpec {
                 bad("model.script".into(), format!("the default script calls {}; enable it in tools.builtin or give a script", missing.join(" and ")));
             }
         }
+        let mut servers: Vec<&str> = Vec::new();
+        for (i, s) in self.tools.mcp.iter().enumerate() {
+            let p = format!("tools.mcp[{i}]");
+            if !s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') || s.name.is_empty() || s.name.len() > 32 {
+                bad(format!("{p}.name"), "use 1-32 lowercase letters, digits and '_'".into());
+            } else if servers.contains(&s.name.as_str()) {
+                bad(format!("{p}.name"), format!("server name {:?} is already used", s.name));
+            }
+            servers.push(&s.name);
+            match (&s.url, &s.command) {
+                (Some(url), None) if !is_http_url(url) => bad(format!("{p}.url"), "must be an http:// or https:// URL".into()),
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => bad(p.clone(), "give exactly one of url (streamable HTTP) or command (stdio)".into()),
+            }
+            if s.timeout_seconds == 0 || s.timeout_seconds > 3600 {
+                bad(format!("{p}.timeout_seconds"), "must be between 1 and 3600".into());
+            }
+        }
+        let names_mcp = |name: &str| servers.iter().any(|s| name.strip_prefix(s).is_some_and(|rest| rest.starts_with('.')));
         for (i, step) in m.script.iter().enumerate() {
             let p = format!("model.script[{i}]");
             if step.text.is_none() && step.tool_calls.is_empty() {
@@ -357,7 +407,7 @@ impl AgentSpec {
                 bad(format!("{p}.repeat"), "must be at least 1".into());
             }
             for (j, call) in step.tool_calls.iter().enumerate() {
-                if !names.contains(&call.name.as_str()) {
+                if !names.contains(&call.name.as_str()) && !names_mcp(&call.name) {
                     bad(format!("{p}.tool_calls[{j}].name"), format!("tool {:?} is not enabled for this agent", call.name));
                 }
                 if !call.arguments.is_object() {

@@ -1,0 +1,213 @@
+//! MCP client: an agent's `[[tools.mcp]]` servers, reached over streamable
+//! HTTP or as stdio processes through the official Rust SDK (`rmcp`). Tools
+//! are discovered when a turn first needs them, exposed as `{server}.{tool}`
+//! with their input schemas, and re-listed after the server sends
+//! `notifications/tools/list_changed`. A connection that breaks is dropped
+//! and made again on the next call.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use agentrt_types::spec::McpServerSpec;
+use agentrt_types::ToolDef;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::{NotificationContext, RoleClient, RunningService, ServiceError};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, ServiceExt};
+use serde_json::Value;
+
+use crate::ToolError;
+
+/// Receives server notifications for one connection.
+struct Handler {
+    changed: Arc<AtomicBool>,
+}
+
+impl ClientHandler for Handler {
+    fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.changed.store(true, Ordering::SeqCst);
+        std::future::ready(())
+    }
+}
+
+type Client = RunningService<RoleClient, Handler>;
+
+/// A tool a server offers.
+#[derive(Clone, Debug)]
+pub struct McpTool {
+    /// `{server}.{tool}`.
+    pub def: ToolDef,
+    /// The server's own name for it.
+    pub remote_name: String,
+    /// `idempotentHint` or `readOnlyHint`: safe to retry.
+    pub idempotent: bool,
+    pub destructive: bool,
+}
+
+/// One configured MCP server and its live connection.
+pub struct McpServer {
+    pub spec: McpServerSpec,
+    allow_host_stdio: bool,
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    tools: RwLock<Option<Vec<McpTool>>>,
+    changed: Arc<AtomicBool>,
+}
+
+impl McpServer {
+    pub fn new(spec: McpServerSpec, allow_host_stdio: bool) -> Self {
+        McpServer { spec, allow_host_stdio, client: Default::default(), tools: RwLock::new(None), changed: Arc::default() }
+    }
+
+    /// What the circuit breaker guards: the URL's `host:port`, or the stdio server.
+    pub fn target(&self) -> String {
+        match &self.spec.url {
+            Some(url) => {
+                let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+                rest.split(['/', '?', '#']).next().unwrap_or(rest).to_owned()
+            }
+            None => format!("stdio:{}", self.spec.name),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.spec.timeout_seconds)
+    }
+
+    /// The tools last discovered (empty before discovery).
+    pub fn tools(&self) -> Vec<McpTool> {
+        self.tools.read().expect("mcp tools lock").clone().unwrap_or_default()
+    }
+
+    /// Forces the next [`McpServer::discover`] to list the tools again.
+    pub fn mark_changed(&self) {
+        self.changed.store(true, Ordering::SeqCst);
+    }
+
+    /// Lists the server's tools if never listed, or if it said they changed.
+    pub async fn discover(&self) -> Result<(), ToolError> {
+        let fresh = self.tools.read().expect("mcp tools lock").is_some();
+        if fresh && !self.changed.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let listed = match tokio::time::timeout(self.timeout(), client.list_all_tools()).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(self.fail(e).await),
+            Err(_) => return Err(ToolError::Timeout(self.timeout())),
+        };
+        let allowed = |name: &str| self.spec.tools.as_ref().is_none_or(|list| list.iter().any(|t| t == name));
+        let tools = listed
+            .into_iter()
+            .filter(|t| allowed(&t.name))
+            .map(|t| {
+                let hints = t.annotations.as_ref();
+                let hint = |f: fn(&rmcp::model::ToolAnnotations) -> Option<bool>| hints.and_then(f).unwrap_or(false);
+                McpTool {
+                    def: ToolDef {
+                        name: format!("{}.{}", self.spec.name, t.name),
+                        description: t.description.as_deref().unwrap_or_default().to_owned(),
+                        input_schema: Value::Object((*t.input_schema).clone()),
+                    },
+                    remote_name: t.name.to_string(),
+                    idempotent: hint(|a| a.idempotent_hint) || hint(|a| a.read_only_hint),
+                    destructive: hint(|a| a.destructive_hint),
+                }
+            })
+            .collect();
+        *self.tools.write().expect("mcp tools lock") = Some(tools);
+        Ok(())
+    }
+
+    /// Calls one of the server's tools by its own name.
+    pub async fn call(&self, remote_name: &str, args: Value) -> Result<Value, ToolError> {
+        let client = self.client().await?;
+        let arguments = match args {
+            Value::Object(map) => Some(map),
+            Value::Null => None,
+            _ => return Err(ToolError::InvalidArguments("arguments must be an object".into())),
+        };
+        let mut params = CallToolRequestParams::new(remote_name.to_owned());
+        params.arguments = arguments;
+        match client.call_tool(params).await {
+            Ok(result) => map_result(result),
+            Err(e) => Err(self.fail(e).await),
+        }
+    }
+
+    /// Turns a protocol or transport error into a tool error; a broken
+    /// connection is dropped so the next call reconnects.
+    async fn fail(&self, e: ServiceError) -> ToolError {
+        match e {
+            ServiceError::McpError(err) => ToolError::Failed(format!("MCP server {}: {}", self.spec.name, err.message)),
+            other => {
+                *self.client.lock().await = None;
+                ToolError::Unavailable(format!("MCP server {}: {other}", self.spec.name))
+            }
+        }
+    }
+
+    async fn client(&self) -> Result<Arc<Client>, ToolError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let c = Arc::new(tokio::time::timeout(self.timeout(), self.connect()).await.map_err(|_| ToolError::Timeout(self.timeout()))??);
+        // A new session may offer other tools.
+        self.changed.store(true, Ordering::SeqCst);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn connect(&self) -> Result<Client, ToolError> {
+        // The SDK's HTTP client needs a process-wide TLS crypto provider;
+        // installing it twice is harmless (the first one stays).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let handler = Handler { changed: self.changed.clone() };
+        let unavailable = |e: &dyn std::fmt::Display| ToolError::Unavailable(format!("MCP server {}: {e}", self.spec.name));
+        if let Some(url) = &self.spec.url {
+            let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+            for (header, secret) in &self.spec.headers {
+                let value = std::env::var(secret).map_err(|_| {
+                    ToolError::Failed(format!("MCP server {}: header {header} needs the secret {secret}, which is not set", self.spec.name))
+                })?;
+                let name = header.parse().map_err(|_| ToolError::Failed(format!("invalid header name {header:?}")))?;
+                let value = value.parse().map_err(|_| ToolError::Failed(format!("secret {secret} is not a valid header value")))?;
+                config.custom_headers.insert(name, value);
+            }
+            let transport = StreamableHttpClientTransport::from_config(config);
+            return handler.serve(transport).await.map_err(|e| unavailable(&e));
+        }
+        let command = self.spec.command.as_deref().expect("spec validation: url or command");
+        if !self.allow_host_stdio {
+            return Err(ToolError::Failed(format!(
+                "MCP server {}: stdio servers run only when the operator allows host processes (mcp-stdio-on-host = true)",
+                self.spec.name
+            )));
+        }
+        let mut cmd = tokio::process::Command::new(command);
+        cmd.args(&self.spec.args).envs(&self.spec.env).kill_on_drop(true);
+        let transport = TokioChildProcess::new(cmd).map_err(|e| unavailable(&e))?;
+        handler.serve(transport).await.map_err(|e| unavailable(&e))
+    }
+}
+
+/// A call result as the model sees it: structured content when the server
+/// gave some, else the content blocks; `isError` results become errors
+/// carrying the server's text.
+fn map_result(r: CallToolResult) -> Result<Value, ToolError> {
+    let text: Vec<String> = r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect();
+    if r.is_error == Some(true) {
+        return Err(ToolError::Failed(if text.is_empty() { "the tool reported an error".into() } else { text.join("\n") }));
+    }
+    if let Some(structured) = r.structured_content {
+        return Ok(structured);
+    }
+    match text.as_slice() {
+        [one] if r.content.len() == 1 => Ok(Value::String(one.clone())),
+        _ => Ok(serde_json::to_value(&r.content).unwrap_or(Value::Null)),
+    }
+}
