@@ -51,8 +51,14 @@ def fail(message: str) -> str:
 
 @mcp.tool(annotations=ToolAnnotations(idempotentHint=True))
 async def slow(seconds: float) -> str:
-    """Sleeps, then answers."""
-    await asyncio.sleep(seconds)
+    """Sleeps, then answers. A cancelled call is noted in $MCP_CANCEL_FILE."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        if os.environ.get("MCP_CANCEL_FILE"):
+            with open(os.environ["MCP_CANCEL_FILE"], "a") as f:
+                f.write("cancelled\n")
+        raise
     return "slept"
 
 

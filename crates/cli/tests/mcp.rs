@@ -27,8 +27,13 @@ struct HttpMcp {
 
 impl HttpMcp {
     fn start(port: u16) -> HttpMcp {
+        Self::start_with_env(port, &[])
+    }
+
+    fn start_with_env(port: u16, env: &[(&str, &str)]) -> HttpMcp {
         let mut child = Command::new(python())
             .args([SERVER, "--transport", "http", "--port", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the MCP server");
@@ -113,7 +118,9 @@ async fn stdio_servers_need_the_operators_permission() {
 
 #[tokio::test]
 async fn http_server_with_secret_header_and_timeout() {
-    let mcp = HttpMcp::start(0);
+    let marks = tempfile::tempdir().unwrap();
+    let cancel_file = marks.path().join("cancelled");
+    let mcp = HttpMcp::start_with_env(0, &[("MCP_CANCEL_FILE", cancel_file.to_str().unwrap())]);
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with_env(dir.path(), &[("MCP_TEST_SECRET", "s3cret-value")]);
     let spec = format!(
@@ -143,6 +150,12 @@ max_attempts = 1
     assert!(!spec_json.contains("s3cret-value"), "secrets are referenced by name, never stored");
     let slow = completed(&events, "h.slow");
     assert_eq!(slow[0]["output"]["error"], "timed out after 1 s");
+    // The timed-out call was cancelled on the server too (notifications/cancelled).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&cancel_file).unwrap_or_default().contains("cancelled") {
+        assert!(Instant::now() < deadline, "the server never saw the cancellation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
