@@ -114,7 +114,7 @@ def announce_when_listening(port: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--transport", choices=["stdio", "http"], required=True)
+    parser.add_argument("--transport", choices=["stdio", "http", "sse"], required=True)
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     if args.transport == "stdio":
@@ -123,4 +123,4 @@ if __name__ == "__main__":
     port = args.port or free_port()
     mcp.settings.port = port
     threading.Thread(target=announce_when_listening, args=(port,), daemon=True).start()
-    mcp.run("streamable-http")
+    mcp.run("streamable-http" if args.transport == "http" else "sse")

@@ -31,8 +31,12 @@ impl HttpMcp {
     }
 
     fn start_with_env(port: u16, env: &[(&str, &str)]) -> HttpMcp {
+        Self::start_transport("http", port, env)
+    }
+
+    fn start_transport(transport: &str, port: u16, env: &[(&str, &str)]) -> HttpMcp {
         let mut child = Command::new(python())
-            .args([SERVER, "--transport", "http", "--port", &port.to_string()])
+            .args([SERVER, "--transport", transport, "--port", &port.to_string()])
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
@@ -216,4 +220,30 @@ breaker_cooldown_seconds = 1
         assert!(Instant::now() < deadline, "the MCP tools never recovered");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+#[tokio::test]
+async fn a_server_that_only_speaks_http_sse_is_reached_through_the_fallback() {
+    let mcp = HttpMcp::start_transport("sse", 0, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let spec = format!(
+        r#"
+[model]
+provider = "scripted"
+script = [
+  {{ tool_calls = [{{ name = "old.add", arguments = {{ a = 20, b = 22 }} }}] }},
+  {{ text = "done" }},
+]
+[[tools.mcp]]
+name = "old"
+url = "http://127.0.0.1:{}/sse"
+"#,
+        mcp.port
+    );
+    server.apply("legacy", &spec).await;
+    let (t, events) = run_turn(&server, "legacy").await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let add = completed(&events, "old.add");
+    assert_eq!((add[0]["outcome"].as_str(), &add[0]["output"]), (Some("ok"), &json!({"sum": 42})), "{}", add[0]);
 }

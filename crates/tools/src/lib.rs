@@ -5,6 +5,7 @@
 mod builtin;
 mod http;
 pub mod mcp;
+mod mcp_sse;
 pub mod router;
 
 use std::collections::BTreeMap;

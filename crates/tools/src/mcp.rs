@@ -170,16 +170,31 @@ impl McpServer {
         let unavailable = |e: &dyn std::fmt::Display| ToolError::Unavailable(format!("MCP server {}: {e}", self.spec.name));
         if let Some(url) = &self.spec.url {
             let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+            let mut legacy_headers = reqwest::header::HeaderMap::new();
             for (header, secret) in &self.spec.headers {
                 let value = std::env::var(secret).map_err(|_| {
                     ToolError::Failed(format!("MCP server {}: header {header} needs the secret {secret}, which is not set", self.spec.name))
                 })?;
-                let name = header.parse().map_err(|_| ToolError::Failed(format!("invalid header name {header:?}")))?;
-                let value = value.parse().map_err(|_| ToolError::Failed(format!("secret {secret} is not a valid header value")))?;
-                config.custom_headers.insert(name, value);
+                let bad_name = || ToolError::Failed(format!("invalid header name {header:?}"));
+                let bad_value = || ToolError::Failed(format!("secret {secret} is not a valid header value"));
+                config.custom_headers.insert(header.parse().map_err(|_| bad_name())?, value.parse().map_err(|_| bad_value())?);
+                legacy_headers.insert(
+                    reqwest::header::HeaderName::from_bytes(header.as_bytes()).map_err(|_| bad_name())?,
+                    reqwest::header::HeaderValue::from_str(&value).map_err(|_| bad_value())?,
+                );
             }
             let transport = StreamableHttpClientTransport::from_config(config);
-            return handler.serve(transport).await.map_err(|e| unavailable(&e));
+            let streamable = match handler.serve(transport).await {
+                Ok(client) => return Ok(client),
+                Err(e) => unavailable(&e),
+            };
+            // A server that does not speak streamable HTTP may speak the
+            // older HTTP+SSE transport at the same URL.
+            let Ok(parts) = crate::mcp_sse::connect(reqwest::Client::new(), url, legacy_headers).await else {
+                return Err(streamable);
+            };
+            let handler = Handler { changed: self.changed.clone() };
+            return handler.serve(parts).await.map_err(|e| unavailable(&e));
         }
         let command = self.spec.command.as_deref().expect("spec validation: url or command");
         if !self.allow_host_stdio {
