@@ -21,6 +21,8 @@ if [ ! -x bench/.venv/bin/python ]; then
     python3 -m venv bench/.venv
 fi
 bench/.venv/bin/pip install --quiet -r bench/peer/requirements.txt
+# The MCP server of the router-overhead benchmark (same pin as the tests).
+bench/.venv/bin/pip install --quiet "$(grep '^mcp==' tests/peers/requirements.txt)"
 mkdir -p target
 bench/.venv/bin/python bench/peer/langgraph_loop.py --steps $((2 * TOOL_CALLS + 1)) --runs "$PEER_RUNS" > target/peer.json
 cat target/peer.json
@@ -43,7 +45,7 @@ echo "fdatasync: $FSYNC"
 
 echo "== agentrt"
 target/release/agentrt-bench --tool-calls "$TOOL_CALLS" --turns "$TURNS" --idle-sessions "$IDLE_SESSIONS" \
-    --peer-json target/peer.json --out target/bench-table.md
+    --peer-json target/peer.json --mcp-python bench/.venv/bin/python --out target/bench-table.md
 
 {
     echo "# Benchmarks"

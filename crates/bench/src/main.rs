@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout)]
 
 mod idle;
+mod mcp_overhead;
 mod inproc;
 mod stats;
 mod timed_store;
@@ -41,6 +42,9 @@ struct Args {
     /// Directory for temporary stores (on the disk being measured).
     #[arg(long, default_value = "target/bench-tmp")]
     tmp: PathBuf,
+    /// A Python with the MCP SDK, for the MCP router-overhead benchmark.
+    #[arg(long)]
+    mcp_python: Option<PathBuf>,
     /// Also write the table to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -101,6 +105,17 @@ async fn main() -> anyhow::Result<()> {
             "step overhead, tracing on: every span exported over OTLP/HTTP",
             format!("p50 {} · p99 {} · {added:+.1}% at p50", us(on.p50), us(on.p99)),
             "< 10% added at p50",
+        );
+    }
+
+    if let Some(python) = &args.mcp_python {
+        let script = PathBuf::from("tests/peers/mcp_server.py");
+        let o = mcp_overhead::measure(python, &script, &args.tmp, 1000).await?;
+        row(&format!("MCP call direct with the Rust SDK ({} calls)", o.direct.n), format!("p50 {} · p99 {}", us(o.direct.p50), us(o.direct.p99)), "");
+        row(
+            "MCP call through agentrt's tool router (same server, calls alternating)",
+            format!("p50 {} · p99 {} · {:+.1} µs added (median of paired differences)", us(o.routed.p50), us(o.routed.p99), o.added_p50_us),
+            "< 100 µs added at p50",
         );
     }
 

@@ -152,12 +152,12 @@ impl ToolSet {
         defs
     }
 
-    /// The MCP server and tool behind `{server}.{tool}`.
-    fn mcp_tool(&self, name: &str) -> Option<(&Arc<mcp::McpServer>, mcp::McpTool)> {
+    /// The MCP server behind `{server}.{tool}`, with the tool's remote name
+    /// and retry safety.
+    fn mcp_tool(&self, name: &str) -> Option<(&Arc<mcp::McpServer>, (String, bool))> {
         let (server, _) = name.split_once('.')?;
         let server = self.mcp.iter().find(|s| s.spec.name == server)?;
-        let tool = server.tools().into_iter().find(|t| t.def.name == name)?;
-        Some((server, tool))
+        Some((server, server.find(name)?))
     }
 
     /// The breaker target of the named tool.
@@ -177,7 +177,7 @@ impl ToolSet {
     pub fn is_idempotent(&self, name: &str) -> bool {
         match self.tools.get(name) {
             Some(e) => e.tool.idempotent(),
-            None => self.mcp_tool(name).is_some_and(|(_, t)| t.idempotent),
+            None => self.mcp_tool(name).is_some_and(|(_, (_, idempotent))| idempotent),
         }
     }
 
@@ -192,9 +192,9 @@ impl ToolSet {
                 }
             }
             // MCP servers validate their own input schemas.
-            let (server, tool) = self.mcp_tool(name).ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
+            let (server, (remote_name, _)) = self.mcp_tool(name).ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
             let limit = server.timeout();
-            return match tokio::time::timeout(limit, server.call(&tool.remote_name, args)).await {
+            return match tokio::time::timeout(limit, server.call(&remote_name, args)).await {
                 Ok(r) => r,
                 Err(_) => Err(ToolError::Timeout(limit)),
             };

@@ -80,6 +80,12 @@ impl McpServer {
         self.tools.read().expect("mcp tools lock").clone().unwrap_or_default()
     }
 
+    /// The remote name and retry safety of `{server}.{tool}`, if discovered.
+    pub fn find(&self, name: &str) -> Option<(String, bool)> {
+        let tools = self.tools.read().expect("mcp tools lock");
+        tools.as_ref()?.iter().find(|t| t.def.name == name).map(|t| (t.remote_name.clone(), t.idempotent))
+    }
+
     /// Forces the next [`McpServer::discover`] to list the tools again.
     pub fn mark_changed(&self) {
         self.changed.store(true, Ordering::SeqCst);
