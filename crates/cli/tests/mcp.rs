@@ -247,3 +247,39 @@ url = "http://127.0.0.1:{}/sse"
     let add = completed(&events, "old.add");
     assert_eq!((add[0]["outcome"].as_str(), &add[0]["output"]), (Some("ok"), &json!({"sum": 42})), "{}", add[0]);
 }
+
+#[tokio::test]
+async fn one_turn_uses_two_mcp_servers_in_parallel() {
+    let web = HttpMcp::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &[("AGENTRT_MCP_STDIO_ON_HOST", "true")]);
+    let spec = format!(
+        r#"
+[model]
+provider = "scripted"
+script = [
+  {{ tool_calls = [{{ name = "local.slow", arguments = {{ seconds = 1 }} }}, {{ name = "web.slow", arguments = {{ seconds = 1 }} }}] }},
+  {{ text = "done" }},
+]
+[[tools.mcp]]
+name = "local"
+command = "{}"
+args = ["{SERVER}", "--transport", "stdio"]
+[[tools.mcp]]
+name = "web"
+url = "http://127.0.0.1:{}/mcp"
+"#,
+        python(),
+        web.port
+    );
+    server.apply("both", &spec).await;
+    let (t, events) = run_turn(&server, "both").await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let local = completed(&events, "local.slow");
+    let remote = completed(&events, "web.slow");
+    assert_eq!((&local[0]["output"], &remote[0]["output"]), (&json!({"result": "slept"}), &json!({"result": "slept"})));
+    // Both ran at once: the two one-second calls overlapped.
+    let started = events.iter().find(|e| e["type"] == "tool.requested").unwrap()["ts"].as_i64().unwrap();
+    let ended = events.iter().filter(|e| e["type"] == "tool.completed").map(|e| e["ts"].as_i64().unwrap()).max().unwrap();
+    assert!(ended - started < 1900, "the calls ran one after the other: {} ms", ended - started);
+}
