@@ -4,6 +4,7 @@ mod audit;
 mod client;
 mod commands;
 mod config;
+mod mcp;
 mod output;
 mod render;
 mod serve;
@@ -78,6 +79,9 @@ enum Command {
     /// Verify the tamper-evident event log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// List or call an MCP server's tools with agentrt's MCP client.
+    #[command(subcommand)]
+    Mcp(mcp::McpCommand),
 }
 
 #[derive(Subcommand)]
@@ -117,5 +121,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Session(c) => commands::session(&ctx, c).await,
         Command::Run { agent, text } => commands::run(&ctx, &agent, &text).await,
         Command::Audit(c) => audit::audit(&ctx, c).await,
+        Command::Mcp(c) => mcp::mcp(&ctx, c).await,
     }
 }
