@@ -52,12 +52,9 @@ impl From<EngineError> for ApiError {
             EngineError::AgentNotFound(_) => ApiError::new(S::NOT_FOUND, "agent_not_found", msg),
             EngineError::AgentVersionNotFound(..) => ApiError::new(S::NOT_FOUND, "agent_version_not_found", msg),
             EngineError::InvalidAgentName(_) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_agent_name", msg),
-            EngineError::InvalidSpec(spec) => ApiError {
-                status: S::UNPROCESSABLE_ENTITY,
-                code: "invalid_spec",
-                message: msg,
-                details: Some(spec.errors),
-            },
+            EngineError::InvalidSpec(spec) => {
+                ApiError { status: S::UNPROCESSABLE_ENTITY, code: "invalid_spec", message: msg, details: Some(spec.errors) }
+            }
             EngineError::SessionNotFound(_) => ApiError::new(S::NOT_FOUND, "session_not_found", msg),
             EngineError::TurnNotFound(_) => ApiError::new(S::NOT_FOUND, "turn_not_found", msg),
             EngineError::SessionTerminated(_) => ApiError::new(S::CONFLICT, "session_terminated", msg),

@@ -59,7 +59,8 @@ pub async fn put_agent(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|r| ApiError::new(r.status(), "body_too_large", format!("the spec must be at most {} bytes", crate::MAX_BODY_BYTES)))?;
+    let body =
+        body.map_err(|r| ApiError::new(r.status(), "body_too_large", format!("the spec must be at most {} bytes", crate::MAX_BODY_BYTES)))?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_body", "the spec must be UTF-8 text"))?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let format = if content_type.contains("json") {
@@ -122,13 +123,17 @@ pub struct ListSessions {
 pub async fn list_sessions(State(s): State<AppState>, QueryArgs(q): QueryArgs<ListSessions>) -> Result<Json<Value>, ApiError> {
     let status = match q.status.as_deref() {
         None => None,
-        Some(raw) => Some(SessionStatus::parse(raw).ok_or_else(|| {
-            ApiError::bad_request("invalid_query", format!("status {raw:?} is not one of idle, running, terminated"))
-        })?),
+        Some(raw) => Some(
+            SessionStatus::parse(raw)
+                .ok_or_else(|| ApiError::bad_request("invalid_query", format!("status {raw:?} is not one of idle, running, terminated")))?,
+        ),
     };
     let before = match q.cursor.as_deref() {
         None => None,
-        Some(raw) => Some(SessionId::parse(raw).ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor must be a next_cursor value from a previous page"))?),
+        Some(raw) => Some(
+            SessionId::parse(raw)
+                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor must be a next_cursor value from a previous page"))?,
+        ),
     };
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
@@ -186,7 +191,9 @@ pub async fn submit_turn(
     let wait = wait_duration(&q)?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
-        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII"))?.to_owned()),
+        Some(v) => {
+            Some(v.to_str().map_err(|_| ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII"))?.to_owned())
+        }
     };
     // An invalid traceparent is ignored, as W3C trace context asks.
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -203,7 +210,11 @@ pub async fn submit_turn(
     Ok(resp)
 }
 
-pub async fn get_turn(State(s): State<AppState>, Path((id, turn)): Path<(String, String)>, QueryArgs(q): QueryArgs<WaitQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn get_turn(
+    State(s): State<AppState>,
+    Path((id, turn)): Path<(String, String)>,
+    QueryArgs(q): QueryArgs<WaitQuery>,
+) -> Result<Json<Value>, ApiError> {
     let (id, turn) = (session_id(&id)?, turn_id(&turn)?);
     let summary = match wait_duration(&q)? {
         Some(wait) => s.engine.wait_turn(&id, &turn, wait).await?,

@@ -34,7 +34,12 @@ pub struct EventsQuery {
     limit: Option<usize>,
 }
 
-pub async fn events(State(s): State<AppState>, Path(id): Path<String>, QueryArgs(q): QueryArgs<EventsQuery>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    QueryArgs(q): QueryArgs<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let wants_sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);

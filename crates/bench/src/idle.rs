@@ -62,12 +62,7 @@ pub async fn idle_sessions(bin: &Path, base: &Path, sessions: usize) -> anyhow::
         }
         let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
         let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
+            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
         };
         Ok(IdleResult { sessions, elapsed, rss_kib: field("VmRSS:"), peak_rss_kib: field("VmHWM:") })
     }

@@ -3,8 +3,8 @@
 #![allow(clippy::print_stdout)]
 
 mod idle;
-mod mcp_overhead;
 mod inproc;
+mod mcp_overhead;
 mod stats;
 mod timed_store;
 mod tracing_cost;
@@ -99,7 +99,11 @@ async fn main() -> anyhow::Result<()> {
         let rig = inproc::rig(&args.tmp, Durability::OsBuffered).await?;
         inproc::step_overhead(&rig, 500, 1).await?;
         let (off, on) = tracing_cost::compare(&rig, args.tool_calls, 3, 5).await?;
-        row("step overhead, OpenTelemetry tracing off (os-buffered; median of 5 rounds)", format!("p50 {} · p99 {}", us(off.p50), us(off.p99)), "");
+        row(
+            "step overhead, OpenTelemetry tracing off (os-buffered; median of 5 rounds)",
+            format!("p50 {} · p99 {}", us(off.p50), us(off.p99)),
+            "",
+        );
         let added = (on.p50.as_secs_f64() / off.p50.as_secs_f64() - 1.0) * 100.0;
         row(
             "step overhead, tracing on: every span exported over OTLP/HTTP",
@@ -111,7 +115,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(python) = &args.mcp_python {
         let script = PathBuf::from("tests/peers/mcp_server.py");
         let o = mcp_overhead::measure(python, &script, &args.tmp, 1000).await?;
-        row(&format!("MCP call direct with the Rust SDK ({} calls)", o.direct.n), format!("p50 {} · p99 {}", us(o.direct.p50), us(o.direct.p99)), "");
+        row(
+            &format!("MCP call direct with the Rust SDK ({} calls)", o.direct.n),
+            format!("p50 {} · p99 {}", us(o.direct.p50), us(o.direct.p99)),
+            "",
+        );
         row(
             "MCP call through agentrt's tool router (same server, calls alternating)",
             format!("p50 {} · p99 {} · {:+.1} µs added (median of paired differences)", us(o.routed.p50), us(o.routed.p99), o.added_p50_us),
@@ -145,7 +153,11 @@ async fn main() -> anyhow::Result<()> {
         let steps = peer["steps_per_run"].as_u64().unwrap_or(0);
         row(
             &format!("LangGraph {} + SqliteSaver, same loop ({steps} steps/run)", peer["langgraph_version"].as_str().unwrap_or("?")),
-            format!("p50 {p50:.1} µs · p99 {p99:.1} µs (synchronous={}, journal={})", peer["sqlite_synchronous"].as_str().unwrap_or("?"), peer["journal_mode"].as_str().unwrap_or("?")),
+            format!(
+                "p50 {p50:.1} µs · p99 {p99:.1} µs (synchronous={}, journal={})",
+                peer["sqlite_synchronous"].as_str().unwrap_or("?"),
+                peer["journal_mode"].as_str().unwrap_or("?")
+            ),
             "",
         );
         let ratio = p50 / (step.p50.as_secs_f64() * 1e6);

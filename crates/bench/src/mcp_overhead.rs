@@ -39,7 +39,8 @@ pub async fn measure(python: &Path, server_script: &Path, tmp: &Path, calls: usi
         .context("start the MCP server")?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let port: u16 = line.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).ok_or_else(|| anyhow!("MCP server said {line:?}"))?;
+    let port: u16 =
+        line.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).ok_or_else(|| anyhow!("MCP server said {line:?}"))?;
     let url = format!("http://127.0.0.1:{port}/mcp");
     let result = run(&url, tmp, calls).await;
     let _ = child.kill();
@@ -51,7 +52,10 @@ async fn run(url: &str, tmp: &Path, calls: usize) -> anyhow::Result<Overhead> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let direct_client = ().serve(StreamableHttpClientTransport::from_uri(url)).await.context("connect directly")?;
 
-    let spec = AgentSpec::parse(&format!("[model]\nprovider = \"scripted\"\nscript = [{{ text = \"x\" }}]\n[[tools.mcp]]\nname = \"m\"\nurl = \"{url}\"\n"), SpecFormat::Toml)?;
+    let spec = AgentSpec::parse(
+        &format!("[model]\nprovider = \"scripted\"\nscript = [{{ text = \"x\" }}]\n[[tools.mcp]]\nname = \"m\"\nurl = \"{url}\"\n"),
+        SpecFormat::Toml,
+    )?;
     let tools = ToolSet::for_agent(&spec, false)?;
     if let Some((_, e)) = tools.discover().await.into_iter().next() {
         return Err(anyhow!("discover: {e}"));

@@ -27,12 +27,13 @@ pub async fn compare(rig: &Rig, tool_calls: u32, turns: usize, rounds: usize) ->
     let app = axum::Router::new().route("/v1/traces", post(|| async { "" }));
     let sink = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let exporter = SpanExporter::builder()
-        .with_http()
-        .with_endpoint(format!("http://{addr}/v1/traces"))
-        .build()
-        .context("build OTLP exporter")?;
-    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let exporter =
+        SpanExporter::builder().with_http().with_endpoint(format!("http://{addr}/v1/traces")).build().context("build OTLP exporter")?;
+    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+        exporter,
+        opentelemetry_sdk::runtime::Tokio,
+    )
+    .build();
     let provider = SdkTracerProvider::builder().with_span_processor(processor).build();
     let tracer = provider.tracer("agentrt");
 

@@ -104,7 +104,8 @@ async fn verify_remote(ctx: &Ctx, session: Option<&str>) -> anyhow::Result<Vec<(
     let mut out = Vec::new();
     for id in ids {
         let v = c.get(&format!("/v1/sessions/{id}/verify")).await?;
-        let r = if v["ok"] == true { Ok(v["events"].as_u64().unwrap_or(0)) } else { Err(v["error"].as_str().unwrap_or("broken").to_owned()) };
+        let r =
+            if v["ok"] == true { Ok(v["events"].as_u64().unwrap_or(0)) } else { Err(v["error"].as_str().unwrap_or("broken").to_owned()) };
         out.push((id, r));
     }
     Ok(out)

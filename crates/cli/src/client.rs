@@ -69,7 +69,11 @@ impl Client {
                 Ok(r) => {
                     let status = r.status();
                     let body: Value = r.json().await.unwrap_or(Value::Null);
-                    return Err(anyhow!("{}: {}", body["error"]["code"].as_str().unwrap_or("error"), body["error"]["message"].as_str().unwrap_or(status.as_str())));
+                    return Err(anyhow!(
+                        "{}: {}",
+                        body["error"]["code"].as_str().unwrap_or("error"),
+                        body["error"]["message"].as_str().unwrap_or(status.as_str())
+                    ));
                 }
                 Err(e) => {
                     failures += 1;

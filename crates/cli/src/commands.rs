@@ -23,7 +23,11 @@ impl Ctx {
     }
 
     fn print_json_or(&self, v: &Value, readable: impl FnOnce(&Value)) {
-        if self.json { output::json(v) } else { readable(v) }
+        if self.json {
+            output::json(v)
+        } else {
+            readable(v)
+        }
     }
 }
 
@@ -121,7 +125,13 @@ pub async fn agent(ctx: &Ctx, cmd: AgentCommand) -> anyhow::Result<ExitCode> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|a| vec![a["name"].as_str().unwrap_or("").to_owned(), a["latest_version"].to_string(), a["description"].as_str().unwrap_or("").to_owned()])
+                    .map(|a| {
+                        vec![
+                            a["name"].as_str().unwrap_or("").to_owned(),
+                            a["latest_version"].to_string(),
+                            a["description"].as_str().unwrap_or("").to_owned(),
+                        ]
+                    })
                     .collect();
                 output::table(&["NAME", "VERSION", "DESCRIPTION"], &rows);
             });
@@ -191,7 +201,11 @@ pub async fn session(ctx: &Ctx, cmd: SessionCommand) -> anyhow::Result<ExitCode>
         SessionCommand::Events { id, after, follow } => {
             if follow {
                 c.follow(&id, after, |e| {
-                    if ctx.json { output::json_line(e) } else { output::line(&render::event_line(e)) }
+                    if ctx.json {
+                        output::json_line(e)
+                    } else {
+                        output::line(&render::event_line(e))
+                    }
                     true
                 })
                 .await?;
@@ -201,7 +215,11 @@ pub async fn session(ctx: &Ctx, cmd: SessionCommand) -> anyhow::Result<ExitCode>
                     let page = c.get(&format!("/v1/sessions/{id}/events?after={after}&limit=1000")).await?;
                     let events = page["events"].as_array().cloned().unwrap_or_default();
                     for e in &events {
-                        if ctx.json { output::json_line(e) } else { output::line(&render::event_line(e)) }
+                        if ctx.json {
+                            output::json_line(e)
+                        } else {
+                            output::line(&render::event_line(e))
+                        }
                     }
                     match events.last().and_then(|e| e["seq"].as_u64()) {
                         Some(seq) if events.len() == 1000 => after = seq,

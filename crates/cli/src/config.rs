@@ -121,7 +121,21 @@ impl Config {
             macro_rules! take {
                 ($($field:ident),*) => { $(if let Some(v) = f.$field { c.$field = v; })* };
             }
-            take!(listen, data_dir, log_format, node_id, lease_ttl_seconds, max_input_bytes, sse_heartbeat_seconds, http_timeout_seconds, store_durability, otel_endpoint, otel_protocol, otel_capture_content, mcp_stdio_on_host);
+            take!(
+                listen,
+                data_dir,
+                log_format,
+                node_id,
+                lease_ttl_seconds,
+                max_input_bytes,
+                sse_heartbeat_seconds,
+                http_timeout_seconds,
+                store_durability,
+                otel_endpoint,
+                otel_protocol,
+                otel_capture_content,
+                mcp_stdio_on_host
+            );
         }
         c = c.with_env(std::env::vars())?;
         if let Some(v) = overrides.listen {

@@ -50,10 +50,7 @@ struct ServerArgs {
 
 impl ServerArgs {
     fn load(self) -> anyhow::Result<Config> {
-        Config::load(
-            self.config.as_deref(),
-            Overrides { listen: self.listen, data_dir: self.data_dir, log_format: self.log_format },
-        )
+        Config::load(self.config.as_deref(), Overrides { listen: self.listen, data_dir: self.data_dir, log_format: self.log_format })
     }
 }
 

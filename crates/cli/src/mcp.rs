@@ -60,7 +60,13 @@ pub async fn mcp(ctx: &Ctx, cmd: McpCommand) -> anyhow::Result<ExitCode> {
                 let rows: Vec<Vec<String>> = s
                     .tools()
                     .iter()
-                    .map(|t| vec![t.remote_name.clone(), if t.idempotent { "yes".into() } else { "no".into() }, t.def.description.lines().next().unwrap_or("").to_owned()])
+                    .map(|t| {
+                        vec![
+                            t.remote_name.clone(),
+                            if t.idempotent { "yes".into() } else { "no".into() },
+                            t.def.description.lines().next().unwrap_or("").to_owned(),
+                        ]
+                    })
                     .collect();
                 output::table(&["TOOL", "RETRY-SAFE", "DESCRIPTION"], &rows);
             }

@@ -30,7 +30,9 @@ pub fn event_line(e: &Value) -> String {
             )
         }
         "tool.requested" => format!("step {} {}({})", e["step"], short(&e["tool"], 40), short(&e["arguments"], 80)),
-        "tool.completed" => format!("step {} {} {} {}", e["step"], short(&e["tool"], 40), short(&e["outcome"], 10), short(&e["output"], 80)),
+        "tool.completed" => {
+            format!("step {} {} {} {}", e["step"], short(&e["tool"], 40), short(&e["outcome"], 10), short(&e["output"], 80))
+        }
         "message" => short(&e["content"], 120),
         "turn.completed" => format!("{} steps", e["steps"]),
         "turn.failed" => format!("{}: {}", short(&e["code"], 40), short(&e["message"], 100)),

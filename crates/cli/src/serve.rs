@@ -21,8 +21,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // leases a previous (crashed) run left behind without waiting for them.
     let lock_path = config.data_dir.join("agentrt.lock");
     let lock = File::create(&lock_path).with_context(|| format!("create {}", lock_path.display()))?;
-    lock.try_lock()
-        .map_err(|_| anyhow::anyhow!("data dir {} is in use by another agentrt process", config.data_dir.display()))?;
+    lock.try_lock().map_err(|_| anyhow::anyhow!("data dir {} is in use by another agentrt process", config.data_dir.display()))?;
 
     let db = config.data_dir.join("agentrt.db");
     let store = Arc::new(SqliteStore::open_with(&db, config.store_durability).with_context(|| format!("open store {}", db.display()))?);
@@ -44,7 +43,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
     let addr = listener.local_addr().context("read bound address")?;
     let shutdown = CancellationToken::new();
-    let app = router(AppState { engine: engine.clone(), shutdown: shutdown.clone(), heartbeat: Duration::from_secs(config.sse_heartbeat_seconds) });
+    let app = router(AppState {
+        engine: engine.clone(),
+        shutdown: shutdown.clone(),
+        heartbeat: Duration::from_secs(config.sse_heartbeat_seconds),
+    });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), node = engine.node_id(), resumed, "agentrt serving");
     output::line(&format!("agentrt listening on http://{addr}"));
 

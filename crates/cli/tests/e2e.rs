@@ -28,9 +28,19 @@ async fn example_agent_runs_a_turn_with_tools() {
     assert_eq!(
         types(&events),
         [
-            "session.created", "turn.submitted", "turn.started", "model.requested", "model.completed",
-            "tool.requested", "tool.requested", "tool.completed", "tool.completed", "model.requested",
-            "model.completed", "message", "turn.completed"
+            "session.created",
+            "turn.submitted",
+            "turn.started",
+            "model.requested",
+            "model.completed",
+            "tool.requested",
+            "tool.requested",
+            "tool.completed",
+            "tool.completed",
+            "model.requested",
+            "model.completed",
+            "message",
+            "turn.completed"
         ]
     );
     assert_eq!(seqs(&events), (1..=13).collect::<Vec<_>>());

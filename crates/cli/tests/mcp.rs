@@ -43,7 +43,8 @@ impl HttpMcp {
             .expect("start the MCP server");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("MCP server said {line:?}"));
+        let port =
+            line.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("MCP server said {line:?}"));
         HttpMcp { child, port }
     }
 
@@ -104,7 +105,11 @@ tools = ["add", "fail", "add_tool", "late"]
     assert_eq!(fail[0]["outcome"], "error");
     assert!(fail[0]["output"]["error"].as_str().unwrap().contains("boom"), "{}", fail[0]);
     let late = completed(&events, "m.late");
-    assert_eq!((late[0]["outcome"].as_str(), &late[0]["output"]), (Some("ok"), &json!({"result": "HI"})), "a tool added at run time is callable");
+    assert_eq!(
+        (late[0]["outcome"].as_str(), &late[0]["output"]),
+        (Some("ok"), &json!({"result": "HI"})),
+        "a tool added at run time is callable"
+    );
     let count = completed(&events, "m.count");
     assert_eq!(count[0]["output"]["error"], "unknown tool \"m.count\"", "tools outside the allow-list are not offered");
 }

@@ -11,7 +11,8 @@ use serde_json::Value;
 
 /// The Python with the test peers installed (set by scripts/test.sh).
 fn python() -> String {
-    std::env::var("AGENTRT_TEST_PYTHON").expect("AGENTRT_TEST_PYTHON is not set: run the suite with ./scripts/test.sh, which installs the Python test peers")
+    std::env::var("AGENTRT_TEST_PYTHON")
+        .expect("AGENTRT_TEST_PYTHON is not set: run the suite with ./scripts/test.sh, which installs the Python test peers")
 }
 
 fn parse(exposition: &str) -> Vec<Value> {

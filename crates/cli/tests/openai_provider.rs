@@ -23,7 +23,10 @@ async fn completions(State(seen): State<Seen>, Json(body): Json<Value>) -> impl 
         vec![chunk(json!({"role": "assistant", "content": "Stored "}), Value::Null), chunk(json!({"content": "it."}), json!("stop"))]
     } else {
         vec![
-            chunk(json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "kv__set", "arguments": "{\"key\":\"k\","}}]}), Value::Null),
+            chunk(
+                json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "kv__set", "arguments": "{\"key\":\"k\","}}]}),
+                Value::Null,
+            ),
             chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"value\":\"v\"}"}}]}), json!("tool_calls")),
         ]
     };

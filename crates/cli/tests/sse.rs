@@ -103,7 +103,8 @@ async fn heartbeats_keep_an_idle_stream_alive() {
     };
     let http = reqwest::Client::new();
     http.put(format!("{url}/v1/agents/a")).body("[model]\nprovider = \"scripted\"\n").send().await.unwrap();
-    let s: Value = http.post(format!("{url}/v1/sessions")).json(&serde_json::json!({"agent": "a"})).send().await.unwrap().json().await.unwrap();
+    let s: Value =
+        http.post(format!("{url}/v1/sessions")).json(&serde_json::json!({"agent": "a"})).send().await.unwrap().json().await.unwrap();
     let mut resp = http
         .get(format!("{url}/v1/sessions/{}/events", s["id"].as_str().unwrap()))
         .header("accept", "text/event-stream")

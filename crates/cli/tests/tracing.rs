@@ -78,7 +78,11 @@ async fn traced_turn(protocol: &str, otlp_protocol: &str, extra_env: &[(&str, &s
     let r = receiver(protocol, dir.path());
     let counter = Counter::start().await;
     let endpoint = format!("http://127.0.0.1:{}", r.port);
-    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", otlp_protocol), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", otlp_protocol),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
     env.extend_from_slice(extra_env);
     let server = Server::start_with_env(&dir.path().join("data"), &env);
     server.apply("probed", &AGENT.replace("COUNTER", &counter.url)).await;

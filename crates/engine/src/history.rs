@@ -29,15 +29,16 @@ impl Conversation {
                     std::sync::Arc::make_mut(&mut self.messages).push(Message::User { content: input });
                 }
             }
-            EventData::ModelCompleted { content, tool_calls, .. } => {
-                std::sync::Arc::make_mut(&mut self.messages).push(Message::Assistant { content: content.clone(), tool_calls: tool_calls.clone() })
+            EventData::ModelCompleted { content, tool_calls, .. } => std::sync::Arc::make_mut(&mut self.messages)
+                .push(Message::Assistant { content: content.clone(), tool_calls: tool_calls.clone() }),
+            EventData::ToolCompleted { call_id, tool, outcome, output, .. } => {
+                std::sync::Arc::make_mut(&mut self.messages).push(Message::Tool {
+                    tool_call_id: call_id.clone(),
+                    name: tool.clone(),
+                    content: tool_content(*outcome, output),
+                    is_error: *outcome != Outcome::Ok,
+                })
             }
-            EventData::ToolCompleted { call_id, tool, outcome, output, .. } => std::sync::Arc::make_mut(&mut self.messages).push(Message::Tool {
-                tool_call_id: call_id.clone(),
-                name: tool.clone(),
-                content: tool_content(*outcome, output),
-                is_error: *outcome != Outcome::Ok,
-            }),
             _ => {}
         }
     }

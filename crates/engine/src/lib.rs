@@ -302,16 +302,15 @@ impl Engine {
             return Err(EngineError::SessionTerminated(id.clone()));
         }
         let turn_id = TurnId::generate();
-        let submitted: NewEvent =
-            EventData::TurnSubmitted {
-                turn_id: turn_id.clone(),
-                input: req.input,
-                idempotency_key: req.idempotency_key.clone(),
-                traceparent: Some(
-                    req.traceparent.filter(|tp| telemetry::parse_traceparent(tp).is_some()).unwrap_or_else(telemetry::new_traceparent),
-                ),
-            }
-            .into();
+        let submitted: NewEvent = EventData::TurnSubmitted {
+            turn_id: turn_id.clone(),
+            input: req.input,
+            idempotency_key: req.idempotency_key.clone(),
+            traceparent: Some(
+                req.traceparent.filter(|tp| telemetry::parse_traceparent(tp).is_some()).unwrap_or_else(telemetry::new_traceparent),
+            ),
+        }
+        .into();
         let (events, precondition, to_cancel) = match req.on_busy {
             OnBusy::Queue => (vec![submitted], None, vec![]),
             OnBusy::Reject => (vec![submitted], Some(Precondition::SessionIdle), vec![]),
@@ -320,7 +319,9 @@ impl Engine {
                 let mut events: Vec<NewEvent> = unfinished
                     .iter()
                     .filter(|t| !t.cancel_requested)
-                    .map(|t| EventData::TurnCancelRequested { turn_id: t.turn_id.clone(), reason: "interrupted by new input".into() }.into())
+                    .map(|t| {
+                        EventData::TurnCancelRequested { turn_id: t.turn_id.clone(), reason: "interrupted by new input".into() }.into()
+                    })
                     .collect();
                 events.push(submitted);
                 (events, None, unfinished.into_iter().map(|t| t.turn_id).collect())
@@ -404,7 +405,12 @@ impl Engine {
         Ok(verify_chain_to(self.inner.store.read_records(id).await?, session.last_seq))
     }
 
-    async fn client_append(&self, id: &SessionId, precondition: Option<Precondition>, events: Vec<NewEvent>) -> Result<Vec<Event>, EngineError> {
+    async fn client_append(
+        &self,
+        id: &SessionId,
+        precondition: Option<Precondition>,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Event>, EngineError> {
         let req = AppendRequest { session_id: id.clone(), fence: Fence::Client, precondition, events };
         let started = std::time::Instant::now();
         let events = self.inner.store.append(req).await?;

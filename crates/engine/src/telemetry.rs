@@ -151,7 +151,12 @@ mod tests {
         let ctx = parse_traceparent(tp).unwrap();
         assert_eq!(ctx.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(ctx.is_remote() && ctx.is_sampled());
-        for bad in ["", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-XYZ-00f067aa0ba902b7-01"] {
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-XYZ-00f067aa0ba902b7-01",
+        ] {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
         }
         let made = new_traceparent();

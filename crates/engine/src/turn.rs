@@ -15,10 +15,10 @@ use agentrt_store::{AppendRequest, Fence, Precondition, StoreError};
 use agentrt_tools::{ToolContext, ToolError};
 use agentrt_types::time::now_ms;
 use agentrt_types::{Event, EventData, NewEvent, Outcome, SessionId, SessionSummary, TurnStatus, TurnSummary};
-use tracing::Instrument;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::agents::LoadedAgent;
 use crate::executor::Slot;
@@ -59,7 +59,14 @@ pub(crate) async fn run(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot:
     run_turn(inner, id, fence, slot, turn, session).instrument(span).await
 }
 
-async fn run_turn(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary, session: SessionSummary) -> Result<(), Abort> {
+async fn run_turn(
+    inner: &Arc<Inner>,
+    id: &SessionId,
+    fence: &Fence,
+    slot: &Slot,
+    turn: TurnSummary,
+    session: SessionSummary,
+) -> Result<(), Abort> {
     let turn_id = turn.turn_id.clone();
     let cancel = slot.register(&turn_id);
     let result = TurnRun::start(inner, id, fence, cancel, turn, session).await;
@@ -68,7 +75,12 @@ async fn run_turn(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot
             let r = run.drive().await;
             if r.is_ok() {
                 let p = &run.progress;
-                tracing::info!(steps = p.steps_done, input_tokens = p.usage.input_tokens, output_tokens = p.usage.output_tokens, "turn ended");
+                tracing::info!(
+                    steps = p.steps_done,
+                    input_tokens = p.usage.input_tokens,
+                    output_tokens = p.usage.output_tokens,
+                    "turn ended"
+                );
             }
             r
         }
@@ -388,7 +400,8 @@ impl TurnRun {
             let agent = self.agent.clone().expect("agent loaded");
             pending.push(async move {
                 let started = Instant::now();
-                let routed = agent.router.call(&agent.tools, &call.call.name, &ctx, call.call.arguments.clone()).instrument(span.clone()).await;
+                let routed =
+                    agent.router.call(&agent.tools, &call.call.name, &ctx, call.call.arguments.clone()).instrument(span.clone()).await;
                 let r = routed.result;
                 match &r {
                     Ok(v) => {
@@ -436,9 +449,10 @@ impl TurnRun {
     /// Whether some open tool intent has no result yet, neither in the log
     /// nor in `carry` (results waiting to be appended).
     fn has_unrun_tools(&self, carry: &[NewEvent]) -> bool {
-        self.progress.open_tools.iter().any(|t| {
-            !carry.iter().any(|e| matches!(&e.data, EventData::ToolCompleted { call_id, .. } if *call_id == t.call.id))
-        })
+        self.progress
+            .open_tools
+            .iter()
+            .any(|t| !carry.iter().any(|e| matches!(&e.data, EventData::ToolCompleted { call_id, .. } if *call_id == t.call.id)))
     }
 
     fn completed(&self, call: &OpenToolCall, outcome: Outcome, output: Value, latency_us: u64, attempts: u32) -> NewEvent {
@@ -500,14 +514,7 @@ impl TurnRun {
         record_usage(&span, usage);
         span.record("otel.status_code", "ERROR");
         events.push(
-            EventData::TurnFailed {
-                turn_id: self.turn.turn_id.clone(),
-                code: code.into(),
-                message: message.into(),
-                usage,
-                steps,
-            }
-            .into(),
+            EventData::TurnFailed { turn_id: self.turn.turn_id.clone(), code: code.into(), message: message.into(), usage, steps }.into(),
         );
         self.append(events).await
     }

@@ -79,9 +79,9 @@ pub fn request_body(request: &ModelRequest) -> Value {
                 // Empty text blocks are rejected, so only non-empty text is sent.
                 let text = content.as_deref().filter(|t| !t.is_empty());
                 let mut blocks: Vec<Value> = text.map(|t| json!({"type": "text", "text": t})).into_iter().collect();
-                blocks.extend(tool_calls.iter().map(|c| {
-                    json!({"type": "tool_use", "id": c.id, "name": to_wire_name(&c.name), "input": c.arguments})
-                }));
+                blocks.extend(
+                    tool_calls.iter().map(|c| json!({"type": "tool_use", "id": c.id, "name": to_wire_name(&c.name), "input": c.arguments})),
+                );
                 // A message without content is rejected too; it carries nothing.
                 if !blocks.is_empty() {
                     messages.push(json!({"role": "assistant", "content": blocks}));
@@ -99,9 +99,10 @@ pub fn request_body(request: &ModelRequest) -> Value {
     }
     body.insert("messages".into(), Value::Array(messages));
     if !request.tools.is_empty() {
-        let tools = request.tools.iter().map(|t| {
-            json!({"name": to_wire_name(&t.name), "description": t.description, "input_schema": t.input_schema})
-        });
+        let tools = request
+            .tools
+            .iter()
+            .map(|t| json!({"name": to_wire_name(&t.name), "description": t.description, "input_schema": t.input_schema}));
         body.insert("tools".into(), tools.collect());
     }
     if let Some(t) = request.temperature {
@@ -120,8 +121,8 @@ fn push_block(message: &mut Value, block: Value) {
 /// blocks become tool calls, other blocks (thinking) are skipped.
 /// `request_bytes` feeds the usage estimate when the server reports none.
 pub fn parse_response(body: &[u8], request_bytes: usize) -> Result<ModelResponse, ModelError> {
-    let wire: WireResponse = serde_json::from_slice(body)
-        .map_err(|e| ModelError::Decode(format!("Anthropic message is not the expected JSON: {e}")))?;
+    let wire: WireResponse =
+        serde_json::from_slice(body).map_err(|e| ModelError::Decode(format!("Anthropic message is not the expected JSON: {e}")))?;
     let mut content: Option<String> = None;
     let mut tool_calls = Vec::new();
     for block in wire.content {

@@ -88,9 +88,8 @@ pub(crate) async fn check_status(response: reqwest::Response) -> Result<reqwest:
 /// body (both OpenAI and Anthropic use it), else the start of the body.
 pub(crate) fn error_message(status: reqwest::StatusCode, body: &str) -> String {
     const MAX_CHARS: usize = 500;
-    let from_json = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned));
+    let from_json =
+        serde_json::from_str::<Value>(body).ok().and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned));
     if let Some(message) = from_json {
         return message;
     }

@@ -122,8 +122,8 @@ fn wire_message(message: &Message) -> Value {
 /// size of the request body) feeds the usage estimate when the server
 /// reports no usage.
 pub fn parse_response(body: &[u8], request_bytes: usize) -> Result<ModelResponse, ModelError> {
-    let wire: WireResponse = serde_json::from_slice(body)
-        .map_err(|e| ModelError::Decode(format!("chat completion is not the expected JSON: {e}")))?;
+    let wire: WireResponse =
+        serde_json::from_slice(body).map_err(|e| ModelError::Decode(format!("chat completion is not the expected JSON: {e}")))?;
     let Some(choice) = wire.choices.into_iter().next() else {
         return Err(ModelError::Decode("chat completion has no choices".into()));
     };
@@ -202,8 +202,8 @@ impl StreamState {
         if data.is_empty() {
             return Ok(false);
         }
-        let chunk: WireChunk = serde_json::from_str(data)
-            .map_err(|e| ModelError::Decode(format!("stream chunk is not the expected JSON ({e}): {data}")))?;
+        let chunk: WireChunk =
+            serde_json::from_str(data).map_err(|e| ModelError::Decode(format!("stream chunk is not the expected JSON ({e}): {data}")))?;
         if let Some(error) = chunk.error {
             // An error inside a 200 stream is the server giving up mid-answer
             // (overload, timeout); treat it like a dropped connection.

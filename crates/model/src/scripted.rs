@@ -46,11 +46,7 @@ pub fn default_script() -> Vec<ScriptStep> {
             ],
             repeat: 1,
         },
-        ScriptStep {
-            text: Some("You said: {input}. I noted it. Tool results: {tool_results}".into()),
-            tool_calls: vec![],
-            repeat: 1,
-        },
+        ScriptStep { text: Some("You said: {input}. I noted it. Tool results: {tool_results}".into()), tool_calls: vec![], repeat: 1 },
     ]
 }
 
@@ -65,9 +61,7 @@ impl ModelProvider for ScriptedProvider {
         let Some(turn_start) = turn_start else {
             return Err(ModelError::Decode("scripted model needs a user message".into()));
         };
-        let Message::User { content: input } = &request.messages[turn_start] else {
-            unreachable!("rposition matched a user message")
-        };
+        let Message::User { content: input } = &request.messages[turn_start] else { unreachable!("rposition matched a user message") };
         let turn = &request.messages[turn_start + 1..];
         let replies = turn.iter().filter(|m| matches!(m, Message::Assistant { .. })).count();
         let results: Vec<String> = turn
@@ -89,7 +83,11 @@ impl ModelProvider for ScriptedProvider {
         };
         let Some(step) = self.step_at(replies) else {
             let content = "(script finished)".to_owned();
-            return Ok(ModelResponse { usage: Usage { output_tokens: approx_text(&content), ..usage }, content: Some(content), tool_calls: vec![] });
+            return Ok(ModelResponse {
+                usage: Usage { output_tokens: approx_text(&content), ..usage },
+                content: Some(content),
+                tool_calls: vec![],
+            });
         };
         let content = step.text.as_deref().map(fill);
         let tool_calls: Vec<ToolCall> = step
@@ -126,8 +124,7 @@ fn approx_tokens(m: &Message) -> u64 {
     match m {
         Message::User { content } => approx_text(content),
         Message::Assistant { content, tool_calls } => {
-            content.as_deref().map(approx_text).unwrap_or(0)
-                + tool_calls.iter().map(|c| json_bytes(&c.arguments).div_ceil(4)).sum::<u64>()
+            content.as_deref().map(approx_text).unwrap_or(0) + tool_calls.iter().map(|c| json_bytes(&c.arguments).div_ceil(4)).sum::<u64>()
         }
         Message::Tool { content, .. } => approx_text(content),
     }

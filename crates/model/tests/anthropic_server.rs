@@ -22,7 +22,10 @@ async fn tool_use_round_trip() {
             let last = &body["messages"][body["messages"].as_array().map_or(0, Vec::len).saturating_sub(1)];
             let after_tool = last["content"][0]["type"] == "tool_result";
             let (content, usage) = if after_tool {
-                (json!([{"type": "text", "text": "Greeting is hello; the clock failed."}]), json!({"input_tokens": 90, "output_tokens": 11}))
+                (
+                    json!([{"type": "text", "text": "Greeting is hello; the clock failed."}]),
+                    json!({"input_tokens": 90, "output_tokens": 11}),
+                )
             } else {
                 (
                     json!([
@@ -37,9 +40,10 @@ async fn tool_use_round_trip() {
         }),
     );
     let server = serve(router).await;
-    let provider = AnthropicProvider::from_spec(&spec("anthropic", &server.base_url, false), reqwest::Client::new())
-        .expect("spec is valid");
-    let tool = |name: &str| ToolDef { name: name.into(), description: format!("The {name} tool."), input_schema: json!({"type": "object"}) };
+    let provider =
+        AnthropicProvider::from_spec(&spec("anthropic", &server.base_url, false), reqwest::Client::new()).expect("spec is valid");
+    let tool =
+        |name: &str| ToolDef { name: name.into(), description: format!("The {name} tool."), input_schema: json!({"type": "object"}) };
     let mut request = ModelRequest {
         model: "test-model".into(),
         instructions: "Be brief.".into(),
@@ -63,7 +67,12 @@ async fn tool_use_round_trip() {
 
     std::sync::Arc::make_mut(&mut request.messages).push(Message::Assistant { content: first.content, tool_calls: first.tool_calls });
     for (id, name, content, is_error) in [("toolu_1", "kv.get", "\"hello\"", false), ("toolu_2", "clock.now", "clock unavailable", true)] {
-        std::sync::Arc::make_mut(&mut request.messages).push(Message::Tool { tool_call_id: id.into(), name: name.into(), content: content.into(), is_error });
+        std::sync::Arc::make_mut(&mut request.messages).push(Message::Tool {
+            tool_call_id: id.into(),
+            name: name.into(),
+            content: content.into(),
+            is_error,
+        });
     }
     let second = provider.complete(&request).await.expect("second call succeeds");
     let usage = Usage { input_tokens: 90, output_tokens: 11 };

@@ -177,16 +177,15 @@ async fn error_statuses_carry_the_providers_message() {
         .route(
             "/limited/chat/completions",
             post(|| async {
-                let body = json!({"error": {"message": "Rate limit reached for test-model", "type": "requests", "code": "rate_limit_exceeded"}});
+                let body =
+                    json!({"error": {"message": "Rate limit reached for test-model", "type": "requests", "code": "rate_limit_exceeded"}});
                 (StatusCode::TOO_MANY_REQUESTS, Json(body))
             }),
         )
         .route("/broken/chat/completions", post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded") }));
     let server = serve(router).await;
 
-    for (path, status, message) in
-        [("limited", 429, "Rate limit reached for test-model"), ("broken", 500, "upstream exploded")]
-    {
+    for (path, status, message) in [("limited", 429, "Rate limit reached for test-model"), ("broken", 500, "upstream exploded")] {
         let provider = provider(&format!("{}/{path}", server.base_url), false);
         let err = provider.complete(&request("hi", false)).await.expect_err("the server fails");
         match &err {
@@ -199,10 +198,8 @@ async fn error_statuses_carry_the_providers_message() {
 
 #[tokio::test]
 async fn stream_without_usage_gets_an_estimate() {
-    let router = Router::new().route(
-        "/chat/completions",
-        post(|| async { sse(vec![delta(json!({"content": "Twelve bytes"})), finish("stop")]) }),
-    );
+    let router =
+        Router::new().route("/chat/completions", post(|| async { sse(vec![delta(json!({"content": "Twelve bytes"})), finish("stop")]) }));
     let server = serve(router).await;
     let request = request("Say something.", true);
     let response = provider(&server.base_url, true).complete(&request).await.expect("stream succeeds");

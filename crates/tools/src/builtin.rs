@@ -20,7 +20,11 @@ pub fn builtin(name: &str) -> Option<Arc<dyn Tool>> {
     let (kind, def) = match name {
         "clock.now" => (
             Kind::ClockNow,
-            def(name, "Current date and time (UTC, RFC 3339) and Unix milliseconds.", json!({"type": "object", "properties": {}, "additionalProperties": false})),
+            def(
+                name,
+                "Current date and time (UTC, RFC 3339) and Unix milliseconds.",
+                json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            ),
         ),
         "kv.get" => (
             Kind::KvGet,

@@ -58,7 +58,8 @@ impl Tool for HttpTool {
         for (k, v) in &self.spec.headers {
             req = req.header(k, v);
         }
-        let resp = req.send().await.map_err(|e| ToolError::Unavailable(format!("request to {} failed: {}", self.spec.url, root_cause(&e))))?;
+        let resp =
+            req.send().await.map_err(|e| ToolError::Unavailable(format!("request to {} failed: {}", self.spec.url, root_cause(&e))))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ToolError::Failed(format!("reading response failed: {e}")))?;
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_BODY)]).into_owned();

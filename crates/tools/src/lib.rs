@@ -123,8 +123,8 @@ impl ToolSet {
         }
         let mut map = BTreeMap::new();
         for (path, tool) in tools {
-            let validator = jsonschema::validator_for(&tool.def().input_schema)
-                .map_err(|e| SchemaError { path, message: e.to_string() })?;
+            let validator =
+                jsonschema::validator_for(&tool.def().input_schema).map_err(|e| SchemaError { path, message: e.to_string() })?;
             map.insert(tool.def().name.clone(), Entry { tool, validator });
         }
         let mcp = spec.tools.mcp.iter().map(|s| Arc::new(mcp::McpServer::new(s.clone(), allow_host_stdio))).collect();
@@ -204,7 +204,11 @@ impl ToolSet {
             .iter_errors(&args)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
             })
             .collect();
         if !problems.is_empty() {

@@ -77,7 +77,11 @@ fn resolve(stream_url: &str, endpoint: &str) -> String {
     if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         return endpoint.to_owned();
     }
-    let origin_end = stream_url.find("://").map(|i| i + 3).and_then(|start| stream_url[start..].find('/').map(|j| start + j)).unwrap_or(stream_url.len());
+    let origin_end = stream_url
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| stream_url[start..].find('/').map(|j| start + j))
+        .unwrap_or(stream_url.len());
     format!("{}{}", &stream_url[..origin_end], if endpoint.starts_with('/') { endpoint.to_owned() } else { format!("/{endpoint}") })
 }
 

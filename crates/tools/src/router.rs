@@ -121,7 +121,12 @@ impl ToolRouter {
     /// Lets a call through the target's circuit, or refuses it.
     fn admit(&self, target: &str, changes: &mut Vec<BreakerChange>) -> Result<(), ToolError> {
         let mut map = self.breakers.lock().expect("breaker lock poisoned");
-        let b = map.entry(target.to_owned()).or_insert(Breaker { state: BreakerState::Closed, failures: 0, opened_at: Instant::now(), probing: false });
+        let b = map.entry(target.to_owned()).or_insert(Breaker {
+            state: BreakerState::Closed,
+            failures: 0,
+            opened_at: Instant::now(),
+            probing: false,
+        });
         let cooldown = Duration::from_secs(self.spec.breaker_cooldown_seconds);
         match b.state {
             BreakerState::Closed => Ok(()),

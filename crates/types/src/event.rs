@@ -104,15 +104,7 @@ pub enum EventData {
     ModelFailed { turn_id: TurnId, step: u32, error: String, latency_us: u64 },
     /// Intent of a tool call.
     #[serde(rename = "tool.requested")]
-    ToolRequested {
-        turn_id: TurnId,
-        step: u32,
-        call_id: String,
-        tool: String,
-        arguments: Value,
-        idempotent: bool,
-        idempotency_key: String,
-    },
+    ToolRequested { turn_id: TurnId, step: u32, call_id: String, tool: String, arguments: Value, idempotent: bool, idempotency_key: String },
     /// Result of a tool call.
     #[serde(rename = "tool.completed")]
     ToolCompleted {
@@ -185,10 +177,7 @@ impl EventData {
 
     /// Whether this event ends its turn.
     pub fn ends_turn(&self) -> bool {
-        matches!(
-            self,
-            EventData::TurnCompleted { .. } | EventData::TurnFailed { .. } | EventData::TurnCancelled { .. }
-        )
+        matches!(self, EventData::TurnCompleted { .. } | EventData::TurnFailed { .. } | EventData::TurnCancelled { .. })
     }
 }
 

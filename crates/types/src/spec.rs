@@ -292,16 +292,13 @@ impl AgentSpec {
         let spec: AgentSpec = match format {
             SpecFormat::Json => {
                 let de = &mut serde_json::Deserializer::from_str(text);
-                serde_path_to_error::deserialize(de).map_err(|e| {
-                    SpecError::one(display_path(&e.path().to_string()), e.inner().to_string())
-                })?
+                serde_path_to_error::deserialize(de)
+                    .map_err(|e| SpecError::one(display_path(&e.path().to_string()), e.inner().to_string()))?
             }
             SpecFormat::Toml => {
-                let de = toml::Deserializer::parse(text)
-                    .map_err(|e| SpecError::one("$", e.message().to_string()))?;
-                serde_path_to_error::deserialize(de).map_err(|e| {
-                    SpecError::one(display_path(&e.path().to_string()), e.inner().message().to_string())
-                })?
+                let de = toml::Deserializer::parse(text).map_err(|e| SpecError::one("$", e.message().to_string()))?;
+                serde_path_to_error::deserialize(de)
+                    .map_err(|e| SpecError::one(display_path(&e.path().to_string()), e.inner().message().to_string()))?
             }
         };
         spec.validate()?;
@@ -355,7 +352,10 @@ impl AgentSpec {
         for (i, t) in self.tools.http.iter().enumerate() {
             let p = format!("tools.http[{i}]");
             if !is_tool_name(&t.name) {
-                bad(format!("{p}.name"), "use lowercase letters, digits, '_' and '.' (e.g. \"orders.create\"), at most 64 characters".into());
+                bad(
+                    format!("{p}.name"),
+                    "use lowercase letters, digits, '_' and '.' (e.g. \"orders.create\"), at most 64 characters".into(),
+                );
             } else if names.contains(&t.name.as_str()) || BUILTIN_TOOLS.contains(&t.name.as_str()) {
                 bad(format!("{p}.name"), format!("tool name {:?} is already used", t.name));
             }
@@ -376,13 +376,17 @@ impl AgentSpec {
         if m.provider == "scripted" && m.script.is_empty() {
             let missing: Vec<&str> = ["clock.now", "kv.set"].into_iter().filter(|t| !names.contains(t)).collect();
             if !missing.is_empty() {
-                bad("model.script".into(), format!("the default script calls {}; enable it in tools.builtin or give a script", missing.join(" and ")));
+                bad(
+                    "model.script".into(),
+                    format!("the default script calls {}; enable it in tools.builtin or give a script", missing.join(" and ")),
+                );
             }
         }
         let mut servers: Vec<&str> = Vec::new();
         for (i, s) in self.tools.mcp.iter().enumerate() {
             let p = format!("tools.mcp[{i}]");
-            if !s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') || s.name.is_empty() || s.name.len() > 32 {
+            if !s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') || s.name.is_empty() || s.name.len() > 32
+            {
                 bad(format!("{p}.name"), "use 1-32 lowercase letters, digits and '_'".into());
             } else if servers.contains(&s.name.as_str()) {
                 bad(format!("{p}.name"), format!("server name {:?} is already used", s.name));
@@ -415,7 +419,11 @@ impl AgentSpec {
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(SpecError { errors }) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecError { errors })
+        }
     }
 }
 
@@ -423,17 +431,12 @@ impl AgentSpec {
 pub fn is_tool_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.split('.').all(|part| {
-            !part.is_empty()
-                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        })
+        && name.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
 }
 
 /// Whether `name` is a valid agent name: lowercase letters, digits, `-`, `_`.
 pub fn is_agent_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn is_http_url(url: &str) -> bool {
@@ -442,7 +445,11 @@ fn is_http_url(url: &str) -> bool {
 }
 
 fn display_path(path: &str) -> String {
-    if path.is_empty() || path == "." { "$".into() } else { path.to_owned() }
+    if path.is_empty() || path == "." {
+        "$".into()
+    } else {
+        path.to_owned()
+    }
 }
 
 #[cfg(test)]

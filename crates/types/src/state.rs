@@ -99,9 +99,7 @@ impl SessionSummary {
                 self.agent_version = *agent_version;
             }
             EventData::ModelCompleted { usage, .. } => self.usage.add(*usage),
-            EventData::TurnCompleted { turn_id, .. }
-            | EventData::TurnFailed { turn_id, .. }
-            | EventData::TurnCancelled { turn_id, .. } => {
+            EventData::TurnCompleted { turn_id, .. } | EventData::TurnFailed { turn_id, .. } | EventData::TurnCancelled { turn_id, .. } => {
                 if self.running_turn.as_ref() == Some(turn_id) {
                     self.running_turn = None;
                 } else {
@@ -111,11 +109,7 @@ impl SessionSummary {
             _ => {}
         }
         if self.status != SessionStatus::Terminated {
-            self.status = if self.running_turn.is_some() || self.queued_turns > 0 {
-                SessionStatus::Running
-            } else {
-                SessionStatus::Idle
-            };
+            self.status = if self.running_turn.is_some() || self.queued_turns > 0 { SessionStatus::Running } else { SessionStatus::Idle };
         }
     }
 }

@@ -64,18 +64,14 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, St
 pub fn get_agent(conn: &Connection, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError> {
     let row = match version {
         Some(v) => conn
-            .query_row(
-                "SELECT version, spec, created_ms FROM agents WHERE name = ?1 AND version = ?2",
-                params![name, v],
-                |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
-            )
+            .query_row("SELECT version, spec, created_ms FROM agents WHERE name = ?1 AND version = ?2", params![name, v], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })
             .optional(),
         None => conn
-            .query_row(
-                "SELECT version, spec, created_ms FROM agents WHERE name = ?1 ORDER BY version DESC LIMIT 1",
-                params![name],
-                |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
-            )
+            .query_row("SELECT version, spec, created_ms FROM agents WHERE name = ?1 ORDER BY version DESC LIMIT 1", params![name], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })
             .optional(),
     }
     .map_err(db)?;
@@ -109,10 +105,8 @@ pub fn list_agents(conn: &Connection) -> Result<Vec<AgentInfo>, StoreError> {
 }
 
 pub fn get_session(conn: &Connection, id: &SessionId) -> Result<Option<SessionSummary>, StoreError> {
-    let text: Option<String> = conn
-        .query_row("SELECT summary FROM sessions WHERE id = ?1", params![id.as_str()], |r| r.get(0))
-        .optional()
-        .map_err(db)?;
+    let text: Option<String> =
+        conn.query_row("SELECT summary FROM sessions WHERE id = ?1", params![id.as_str()], |r| r.get(0)).optional().map_err(db)?;
     text.map(|t| parse(&t, "session summary")).transpose()
 }
 
@@ -125,10 +119,9 @@ pub fn list_sessions(conn: &Connection, f: &SessionFilter) -> Result<Vec<Session
         )
         .map_err(db)?;
     let rows = stmt
-        .query_map(
-            params![f.agent, f.status.map(|s| s.as_str()), f.before.as_ref().map(|b| b.as_str()), f.limit as i64],
-            |r| r.get::<_, String>(0),
-        )
+        .query_map(params![f.agent, f.status.map(|s| s.as_str()), f.before.as_ref().map(|b| b.as_str()), f.limit as i64], |r| {
+            r.get::<_, String>(0)
+        })
         .map_err(db)?;
     rows.map(|r| parse(&r.map_err(db)?, "session summary")).collect()
 }
@@ -146,9 +139,7 @@ pub fn count_sessions_by_status(conn: &Connection) -> Result<Vec<(agentrt_types:
 
 pub fn read_records(conn: &Connection, id: &SessionId, after: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, body, prev_hash, hash FROM events WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )
+        .prepare_cached("SELECT seq, body, prev_hash, hash FROM events WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
         .map_err(db)?;
     let rows = stmt
         .query_map(params![id.as_str(), after as i64, limit as i64], |r| {
@@ -161,19 +152,15 @@ pub fn read_records(conn: &Connection, id: &SessionId, after: u64, limit: usize)
 pub fn read_events(conn: &Connection, id: &SessionId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
     read_records(conn, id, after, limit)?
         .into_iter()
-        .map(|r| {
-            Ok(Event { body: parse(&r.body_text, &format!("event {}", r.seq))?, prev_hash: r.prev_hash, hash: r.hash })
-        })
+        .map(|r| Ok(Event { body: parse(&r.body_text, &format!("event {}", r.seq))?, prev_hash: r.prev_hash, hash: r.hash }))
         .collect()
 }
 
 pub fn get_turn(conn: &Connection, session: &SessionId, turn: &TurnId) -> Result<Option<TurnSummary>, StoreError> {
     let text: Option<String> = conn
-        .query_row(
-            "SELECT summary FROM turns WHERE session_id = ?1 AND turn_id = ?2",
-            params![session.as_str(), turn.as_str()],
-            |r| r.get(0),
-        )
+        .query_row("SELECT summary FROM turns WHERE session_id = ?1 AND turn_id = ?2", params![session.as_str(), turn.as_str()], |r| {
+            r.get(0)
+        })
         .optional()
         .map_err(db)?;
     text.map(|t| parse(&t, "turn summary")).transpose()
@@ -181,11 +168,7 @@ pub fn get_turn(conn: &Connection, session: &SessionId, turn: &TurnId) -> Result
 
 pub fn find_turn_by_key(conn: &Connection, session: &SessionId, key: &str) -> Result<Option<TurnSummary>, StoreError> {
     let text: Option<String> = conn
-        .query_row(
-            "SELECT summary FROM turns WHERE session_id = ?1 AND idempotency_key = ?2",
-            params![session.as_str(), key],
-            |r| r.get(0),
-        )
+        .query_row("SELECT summary FROM turns WHERE session_id = ?1 AND idempotency_key = ?2", params![session.as_str(), key], |r| r.get(0))
         .optional()
         .map_err(db)?;
     text.map(|t| parse(&t, "turn summary")).transpose()
@@ -193,18 +176,15 @@ pub fn find_turn_by_key(conn: &Connection, session: &SessionId, key: &str) -> Re
 
 pub fn unfinished_turns(conn: &Connection, session: &SessionId) -> Result<Vec<TurnSummary>, StoreError> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT summary FROM turns WHERE status IN ('queued', 'running') AND session_id = ?1 ORDER BY submitted_seq",
-        )
+        .prepare_cached("SELECT summary FROM turns WHERE status IN ('queued', 'running') AND session_id = ?1 ORDER BY submitted_seq")
         .map_err(db)?;
     let rows = stmt.query_map(params![session.as_str()], |r| r.get::<_, String>(0)).map_err(db)?;
     rows.map(|r| parse(&r.map_err(db)?, "turn summary")).collect()
 }
 
 pub fn sessions_with_unfinished_turns(conn: &Connection) -> Result<Vec<SessionId>, StoreError> {
-    let mut stmt = conn
-        .prepare("SELECT DISTINCT session_id FROM turns WHERE status IN ('queued', 'running') ORDER BY session_id")
-        .map_err(db)?;
+    let mut stmt =
+        conn.prepare("SELECT DISTINCT session_id FROM turns WHERE status IN ('queued', 'running') ORDER BY session_id").map_err(db)?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(db)?;
     rows.map(|r| {
         let raw = r.map_err(db)?;

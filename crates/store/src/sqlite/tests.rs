@@ -16,10 +16,7 @@ fn open() -> (tempfile::TempDir, SqliteStore) {
 
 async fn session(store: &SqliteStore) -> SessionId {
     let id = SessionId::generate();
-    store
-        .create_session(NewSession { id: id.clone(), agent: "a".into(), agent_version: 1, metadata: json!({}) })
-        .await
-        .unwrap();
+    store.create_session(NewSession { id: id.clone(), agent: "a".into(), agent_version: 1, metadata: json!({}) }).await.unwrap();
     id
 }
 
@@ -114,15 +111,9 @@ async fn list_sessions_pages_newest_first_with_filters() {
     let page1 = store.list_sessions(&SessionFilter { limit: 3, ..Default::default() }).await.unwrap();
     let got: Vec<_> = page1.iter().map(|s| s.id.clone()).collect();
     assert_eq!(got, vec![ids[4].clone(), ids[3].clone(), ids[2].clone()]);
-    let page2 = store
-        .list_sessions(&SessionFilter { limit: 3, before: Some(ids[2].clone()), ..Default::default() })
-        .await
-        .unwrap();
+    let page2 = store.list_sessions(&SessionFilter { limit: 3, before: Some(ids[2].clone()), ..Default::default() }).await.unwrap();
     assert_eq!(page2.len(), 2);
-    let none = store
-        .list_sessions(&SessionFilter { limit: 3, agent: Some("other".into()), ..Default::default() })
-        .await
-        .unwrap();
+    let none = store.list_sessions(&SessionFilter { limit: 3, agent: Some("other".into()), ..Default::default() }).await.unwrap();
     assert!(none.is_empty());
 }
 

@@ -21,13 +21,43 @@ const MAX_GROUP: usize = 512;
 
 /// A write request with the channel its answer goes back on.
 pub enum WriteOp {
-    PutAgent { name: String, spec: Box<AgentSpec>, reply: oneshot::Sender<Result<AgentVersion, StoreError>> },
-    CreateSession { new: NewSession, reply: oneshot::Sender<Result<(SessionSummary, Event), StoreError>> },
-    Append { request: AppendRequest, reply: oneshot::Sender<Result<Vec<Event>, StoreError>> },
-    AcquireLease { session: agentrt_types::SessionId, holder: String, ttl_ms: i64, force: bool, reply: oneshot::Sender<Result<Option<u64>, StoreError>> },
-    ReleaseLease { session: agentrt_types::SessionId, holder: String, token: u64, reply: oneshot::Sender<Result<(), StoreError>> },
-    RenewLeases { holder: String, ttl_ms: i64, reply: oneshot::Sender<Result<u64, StoreError>> },
-    KvSet { session: agentrt_types::SessionId, key: String, value: Value, reply: oneshot::Sender<Result<(), StoreError>> },
+    PutAgent {
+        name: String,
+        spec: Box<AgentSpec>,
+        reply: oneshot::Sender<Result<AgentVersion, StoreError>>,
+    },
+    CreateSession {
+        new: NewSession,
+        reply: oneshot::Sender<Result<(SessionSummary, Event), StoreError>>,
+    },
+    Append {
+        request: AppendRequest,
+        reply: oneshot::Sender<Result<Vec<Event>, StoreError>>,
+    },
+    AcquireLease {
+        session: agentrt_types::SessionId,
+        holder: String,
+        ttl_ms: i64,
+        force: bool,
+        reply: oneshot::Sender<Result<Option<u64>, StoreError>>,
+    },
+    ReleaseLease {
+        session: agentrt_types::SessionId,
+        holder: String,
+        token: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    RenewLeases {
+        holder: String,
+        ttl_ms: i64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    KvSet {
+        session: agentrt_types::SessionId,
+        key: String,
+        value: Value,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Result of one op, held until the group commits.
@@ -161,10 +191,7 @@ fn apply_in_savepoint(tx: &Transaction<'_>, op: WriteOp) -> Done {
             reply,
             scoped(tx, |tx| {
                 let n = tx
-                    .execute(
-                        "UPDATE sessions SET lease_expires_ms = ?2 WHERE lease_holder = ?1",
-                        params![holder, now_ms() + ttl_ms],
-                    )
+                    .execute("UPDATE sessions SET lease_expires_ms = ?2 WHERE lease_holder = ?1", params![holder, now_ms() + ttl_ms])
                     .map_err(db)?;
                 Ok(n as u64)
             }),
@@ -185,17 +212,12 @@ fn apply_in_savepoint(tx: &Transaction<'_>, op: WriteOp) -> Done {
 }
 
 fn put_agent(tx: &Transaction<'_>, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
-    let latest: Option<u32> = tx
-        .query_row("SELECT MAX(version) FROM agents WHERE name = ?1", params![name], |r| r.get(0))
-        .map_err(db)?;
+    let latest: Option<u32> = tx.query_row("SELECT MAX(version) FROM agents WHERE name = ?1", params![name], |r| r.get(0)).map_err(db)?;
     let version = latest.unwrap_or(0) + 1;
     let created_ms = now_ms();
     let text = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.execute(
-        "INSERT INTO agents (name, version, spec, created_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![name, version, text, created_ms],
-    )
-    .map_err(db)?;
+    tx.execute("INSERT INTO agents (name, version, spec, created_ms) VALUES (?1, ?2, ?3, ?4)", params![name, version, text, created_ms])
+        .map_err(db)?;
     Ok(AgentVersion { name: name.to_owned(), version, spec: spec.clone(), created_ms })
 }
 
@@ -212,15 +234,7 @@ fn create_session(tx: &Transaction<'_>, new: NewSession) -> Result<(SessionSumma
     insert_event(tx, &event, &text)?;
     tx.execute(
         "INSERT INTO sessions (id, agent, status, created_ms, summary, last_seq, last_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            new.id.as_str(),
-            new.agent,
-            summary.status.as_str(),
-            summary.created_ms,
-            to_json(&summary)?,
-            1i64,
-            event.hash
-        ],
+        params![new.id.as_str(), new.agent, summary.status.as_str(), summary.created_ms, to_json(&summary)?, 1i64, event.hash],
     )
     .map_err(db)?;
     Ok((summary, event))
@@ -295,13 +309,7 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
     }
     tx.prepare_cached("UPDATE sessions SET status = ?2, summary = ?3, last_seq = ?4, last_hash = ?5 WHERE id = ?1")
         .map_err(db)?
-        .execute(params![
-            id.as_str(),
-            row.summary.status.as_str(),
-            to_json(&row.summary)?,
-            row.summary.last_seq as i64,
-            row.last_hash
-        ])
+        .execute(params![id.as_str(), row.summary.status.as_str(), to_json(&row.summary)?, row.summary.last_seq as i64, row.last_hash])
         .map_err(db)?;
     Ok(out)
 }
@@ -317,14 +325,7 @@ fn apply_to_turn(tx: &Transaction<'_>, event: &Event) -> Result<(), StoreError> 
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             )
             .map_err(db)?
-            .execute(params![
-                sid,
-                turn_id.as_str(),
-                turn.status.as_str(),
-                turn.idempotency_key,
-                turn.submitted_seq as i64,
-                to_json(&turn)?
-            ])
+            .execute(params![sid, turn_id.as_str(), turn.status.as_str(), turn.idempotency_key, turn.submitted_seq as i64, to_json(&turn)?])
             .map_err(db)?;
         if inserted == 0 {
             let existing: String = tx
@@ -334,8 +335,8 @@ fn apply_to_turn(tx: &Transaction<'_>, event: &Event) -> Result<(), StoreError> 
                     |r| r.get(0),
                 )
                 .map_err(db)?;
-            let existing = agentrt_types::TurnId::parse(&existing)
-                .ok_or_else(|| StoreError::Corrupt(format!("bad turn id {existing:?}")))?;
+            let existing =
+                agentrt_types::TurnId::parse(&existing).ok_or_else(|| StoreError::Corrupt(format!("bad turn id {existing:?}")))?;
             return Err(StoreError::DuplicateIdempotencyKey(existing));
         }
         return Ok(());
@@ -358,14 +359,18 @@ fn apply_to_turn(tx: &Transaction<'_>, event: &Event) -> Result<(), StoreError> 
     Ok(())
 }
 
-fn acquire_lease(tx: &Transaction<'_>, session: &agentrt_types::SessionId, holder: &str, ttl_ms: i64, force: bool) -> Result<Option<u64>, StoreError> {
+fn acquire_lease(
+    tx: &Transaction<'_>,
+    session: &agentrt_types::SessionId,
+    holder: &str,
+    ttl_ms: i64,
+    force: bool,
+) -> Result<Option<u64>, StoreError> {
     let now = now_ms();
     let row: Option<(Option<String>, i64, i64)> = tx
-        .query_row(
-            "SELECT lease_holder, lease_token, lease_expires_ms FROM sessions WHERE id = ?1",
-            params![session.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        .query_row("SELECT lease_holder, lease_token, lease_expires_ms FROM sessions WHERE id = ?1", params![session.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()
         .map_err(db)?;
     let Some((current, token, expires)) = row else {
