@@ -19,6 +19,9 @@ fi
 target/test-venv/bin/pip install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
 export AGENTRT_TEST_PYTHON="$PWD/target/test-venv/bin/python"
 
+echo "== fmt"
+cargo fmt --check
+
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
