@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use agentrt_tools::mcp::McpServer;
 use agentrt_types::spec::McpServerSpec;
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
@@ -73,7 +73,15 @@ pub async fn mcp(ctx: &Ctx, cmd: McpCommand) -> anyhow::Result<ExitCode> {
         }
         McpCommand::Call { url, tool, arguments } => {
             let args: Value = serde_json::from_str(&arguments).context("arguments must be a JSON object")?;
-            let result = server(&url).call(&tool, args).await.map_err(|e| anyhow!("{e}"))?;
+            // Discover first, as a turn does: a wrong name fails with the list
+            // of what the server offers instead of a bare protocol error.
+            let s = server(&url);
+            s.discover().await.map_err(|e| anyhow!("{e}"))?;
+            if !s.tools().iter().any(|t| t.remote_name == tool) {
+                let offered: Vec<String> = s.tools().into_iter().map(|t| t.remote_name).collect();
+                bail!("the server offers no tool named {tool:?}; it offers: {}", offered.join(", "));
+            }
+            let result = s.call(&tool, args).await.map_err(|e| anyhow!("{e}"))?;
             output::json(&result);
         }
     }

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use agentrt_types::spec::McpServerSpec;
 use agentrt_types::ToolDef;
-use rmcp::model::{CallToolRequestParams, CallToolResult};
-use rmcp::service::{NotificationContext, RoleClient, RunningService, ServiceError};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
+    ElicitationCapability, ErrorData, FormElicitationCapability, Implementation, ProtocolVersion,
+};
+use rmcp::service::{NotificationContext, RequestContext, RoleClient, RunningService, ServiceError};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, ServiceExt};
@@ -26,9 +29,54 @@ struct Handler {
 }
 
 impl ClientHandler for Handler {
+    /// Pins the protocol revision to the newest one with an `initialize`
+    /// handshake, which every server we meet speaks, and announces form
+    /// elicitation (answered by [`answer_elicitation`]).
+    fn get_info(&self) -> ClientConfig {
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.elicitation = Some(ElicitationCapability::new().with_form(FormElicitationCapability::default()));
+        ClientConfig::new(capabilities, Implementation::new("agentrt", env!("CARGO_PKG_VERSION")))
+            .with_protocol_version(ProtocolVersion::V_2025_11_25)
+    }
+
+    fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> impl std::future::Future<Output = Result<ElicitResult, ErrorData>> + Send + '_ {
+        std::future::ready(Ok(answer_elicitation(&request)))
+    }
+
     fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) -> impl std::future::Future<Output = ()> + Send + '_ {
         self.changed.store(true, Ordering::SeqCst);
         std::future::ready(())
+    }
+}
+
+/// An agent runs unattended, so no human can fill in a form a server asks
+/// for mid-call. A form whose every required field has a default is accepted
+/// with those defaults (SEP-1034); anything else is declined, which the
+/// server reports back through the tool result.
+fn answer_elicitation(request: &ElicitRequestParams) -> ElicitResult {
+    let ElicitRequestParams::FormElicitationParams { requested_schema, .. } = request else {
+        return ElicitResult::new(ElicitationAction::Decline);
+    };
+    let Ok(schema) = serde_json::to_value(requested_schema) else {
+        return ElicitResult::new(ElicitationAction::Decline);
+    };
+    let mut content = serde_json::Map::new();
+    if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+        for (name, property) in properties {
+            if let Some(default) = property.get("default") {
+                content.insert(name.clone(), default.clone());
+            }
+        }
+    }
+    let required = schema.get("required").and_then(Value::as_array).cloned().unwrap_or_default();
+    if required.iter().filter_map(Value::as_str).all(|name| content.contains_key(name)) {
+        ElicitResult::new(ElicitationAction::Accept).with_content(Value::Object(content))
+    } else {
+        ElicitResult::new(ElicitationAction::Decline)
     }
 }
 
@@ -230,5 +278,35 @@ fn map_result(r: CallToolResult) -> Result<Value, ToolError> {
     match text.as_slice() {
         [one] if r.content.len() == 1 => Ok(Value::String(one.clone())),
         _ => Ok(serde_json::to_value(&r.content).unwrap_or(Value::Null)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn form(schema: Value) -> ElicitRequestParams {
+        serde_json::from_value(json!({"mode": "form", "message": "details?", "requestedSchema": schema})).expect("form elicitation")
+    }
+
+    #[test]
+    fn elicitation_is_accepted_with_the_defaults() {
+        let request = form(json!({"type": "object", "properties": {
+            "name": {"type": "string", "default": "ada"},
+            "age": {"type": "integer", "default": 36},
+            "note": {"type": "string"}
+        }, "required": ["name"]}));
+        let answer = answer_elicitation(&request);
+        assert_eq!(answer.action, ElicitationAction::Accept);
+        assert_eq!(answer.content, Some(json!({"name": "ada", "age": 36})));
+    }
+
+    #[test]
+    fn elicitation_without_a_default_for_a_required_field_is_declined() {
+        let request = form(json!({"type": "object", "properties": {"token": {"type": "string"}}, "required": ["token"]}));
+        let answer = answer_elicitation(&request);
+        assert_eq!(answer.action, ElicitationAction::Decline);
+        assert_eq!(answer.content, None);
     }
 }
