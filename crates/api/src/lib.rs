@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 mod handlers;
+mod sandbox;
 mod sse;
 
 use std::time::Duration;
@@ -50,6 +51,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/turns/{turn_id}/cancel", post(cancel_turn))
         .route("/v1/sessions/{id}/events", get(sse::events))
         .route("/v1/sessions/{id}/verify", get(verify_session))
+        .route("/v1/sessions/{id}/sandbox", get(sandbox::status))
+        .route("/v1/sessions/{id}/sandbox/exec", post(sandbox::exec))
+        .route("/v1/sessions/{id}/sandbox/standby", post(sandbox::standby))
+        .route("/v1/sessions/{id}/sandbox/resume", post(sandbox::resume))
+        .route("/v1/sessions/{id}/files/{*path}", get(sandbox::get_file).put(sandbox::put_file).delete(sandbox::delete_file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

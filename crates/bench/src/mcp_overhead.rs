@@ -70,6 +70,7 @@ async fn run(url: &str, tmp: &Path, calls: usize) -> anyhow::Result<Overhead> {
         store: Arc::new(SqliteStore::open(&dir.path().join("t.db"))?),
         http: reqwest::Client::new(),
         traceparent: None,
+        sandbox: None,
     };
 
     // Calls alternate one by one, so drift in the server's speed hits both;

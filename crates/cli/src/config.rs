@@ -43,6 +43,14 @@ pub struct Config {
     pub otel_capture_content: bool,
     /// Let agents run stdio MCP servers as host processes.
     pub mcp_stdio_on_host: bool,
+    /// `linux`, or `none` to turn sandboxes off.
+    pub sandbox_driver: String,
+    /// The in-sandbox agent program; empty = `agentrt-sandbox-agent` beside
+    /// this binary, else this binary itself.
+    pub sandbox_agent: String,
+    /// First host uid sandbox root maps to (each session gets one of the
+    /// 65536 from here on).
+    pub sandbox_uid_base: u32,
 }
 
 /// Log line format.
@@ -69,6 +77,9 @@ impl Default for Config {
             otel_protocol: String::new(),
             otel_capture_content: false,
             mcp_stdio_on_host: false,
+            sandbox_driver: "linux".into(),
+            sandbox_agent: String::new(),
+            sandbox_uid_base: 200_000,
         }
     }
 }
@@ -189,6 +200,12 @@ impl Config {
         }
         if !["", "grpc", "http/protobuf"].contains(&self.otel_protocol.as_str()) {
             bail!("otel-protocol must be \"grpc\" or \"http/protobuf\"");
+        }
+        if !["linux", "none"].contains(&self.sandbox_driver.as_str()) {
+            bail!("sandbox-driver must be \"linux\" or \"none\"");
+        }
+        if self.sandbox_uid_base == 0 || self.sandbox_uid_base > u32::MAX - 65_536 {
+            bail!("sandbox-uid-base must be between 1 and {}", u32::MAX - 65_536);
         }
         if self.http_timeout_seconds == 0 {
             bail!("http-timeout-seconds must be at least 1");

@@ -7,6 +7,7 @@ mod config;
 mod mcp;
 mod output;
 mod render;
+mod sandbox;
 mod serve;
 mod telemetry;
 
@@ -79,6 +80,9 @@ enum Command {
     /// List or call an MCP server's tools with agentrt's MCP client.
     #[command(subcommand)]
     Mcp(mcp::McpCommand),
+    /// Run commands and copy files in a session's sandbox.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
 }
 
 #[derive(Subcommand)]
@@ -87,7 +91,16 @@ enum ConfigCommand {
     Dump(ServerArgs),
 }
 
+/// Hidden first argument that makes this binary the in-sandbox agent, for
+/// when `agentrt-sandbox-agent` is not installed beside it.
+pub const SANDBOX_AGENT_ARG: &str = "__sandbox-agent";
+
 fn main() -> ExitCode {
+    // Before any thread exists: the agent forks.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(SANDBOX_AGENT_ARG) {
+        return agentrt_sandbox_agent::run(&args[2..]);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -119,5 +132,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { agent, text } => commands::run(&ctx, &agent, &text).await,
         Command::Audit(c) => audit::audit(&ctx, c).await,
         Command::Mcp(c) => mcp::mcp(&ctx, c).await,
+        Command::Sandbox(c) => sandbox::sandbox(&ctx, c).await,
     }
 }

@@ -37,7 +37,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if !config.node_id.is_empty() {
         engine_config.node_id = config.node_id.clone();
     }
-    let engine = Engine::new(store, engine_config)?;
+    let engine = Engine::with_sandboxes(store, engine_config, sandbox_driver(&config))?;
     let resumed = engine.start().await.context("resume unfinished turns")?;
 
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
@@ -84,4 +84,24 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The configured sandbox driver, if sandboxes are on.
+fn sandbox_driver(config: &Config) -> Option<Arc<dyn agentrt_sandbox::SandboxDriver>> {
+    if config.sandbox_driver == "none" {
+        return None;
+    }
+    let agent = if config.sandbox_agent.is_empty() {
+        let exe = std::env::current_exe().unwrap_or_else(|_| "agentrt".into());
+        let beside = exe.with_file_name("agentrt-sandbox-agent");
+        if beside.exists() {
+            vec![beside.to_string_lossy().into_owned()]
+        } else {
+            vec![exe.to_string_lossy().into_owned(), crate::SANDBOX_AGENT_ARG.to_owned()]
+        }
+    } else {
+        vec![config.sandbox_agent.clone()]
+    };
+    let linux = agentrt_sandbox::linux::LinuxConfig { dir: config.data_dir.join("sandboxes"), agent, uid_base: config.sandbox_uid_base };
+    Some(Arc::new(agentrt_sandbox::linux::LinuxDriver::new(linux)))
 }

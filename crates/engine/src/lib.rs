@@ -12,6 +12,7 @@ mod executor;
 mod history;
 pub mod hub;
 pub mod metrics;
+mod sandboxes;
 pub mod telemetry;
 mod turn;
 
@@ -105,6 +106,9 @@ pub(crate) struct Inner {
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     pub metrics: metrics::Metrics,
+    /// This node's sandboxes; `None` when sandboxes are turned off.
+    pub sandboxes: Option<Arc<agentrt_sandbox::SandboxManager>>,
+    pub sandbox_driver: Option<Arc<dyn agentrt_sandbox::SandboxDriver>>,
 }
 
 /// The engine; cheap to clone.
@@ -116,12 +120,21 @@ pub struct Engine {
 impl Engine {
     /// Creates the engine. Call [`Engine::start`] to resume unfinished work.
     pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine, EngineError> {
+        Engine::with_sandboxes(store, config, None)
+    }
+
+    /// Creates the engine with a sandbox driver for agents that have a `[sandbox]`.
+    pub fn with_sandboxes(
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        sandbox_driver: Option<Arc<dyn agentrt_sandbox::SandboxDriver>>,
+    ) -> Result<Engine, EngineError> {
         let http = reqwest::Client::builder()
             .timeout(config.http_timeout)
             .build()
             .map_err(|e| EngineError::Internal(format!("build HTTP client: {e}")))?;
         Ok(Engine {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
                 store,
                 config,
                 http,
@@ -131,6 +144,8 @@ impl Engine {
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 metrics: metrics::Metrics::default(),
+                sandboxes: sandbox_driver.clone().map(|d| sandboxes::manager(d, weak.clone())),
+                sandbox_driver,
             }),
         })
     }
@@ -138,6 +153,9 @@ impl Engine {
     /// Resumes every session with unfinished turns and starts lease renewal.
     pub async fn start(&self) -> Result<usize, EngineError> {
         executor::spawn_lease_renewal(&self.inner);
+        if let Some(sandboxes) = &self.inner.sandboxes {
+            sandboxes.spawn_sweeper(Duration::from_millis(250));
+        }
         let sessions = self.inner.store.sessions_with_unfinished_turns().await?;
         for id in &sessions {
             executor::ensure_running(&self.inner, id);
@@ -154,6 +172,9 @@ impl Engine {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+        if let Some(sandboxes) = &self.inner.sandboxes {
+            sandboxes.stop_all().await;
+        }
     }
 
     /// The node name of this engine.
@@ -210,6 +231,12 @@ impl Engine {
                     message: "stdio MCP servers need mcp-stdio-on-host = true in the server config (they run as host processes until sandboxes exist); or use a url".into(),
                 })
                 .collect();
+            if !errors.is_empty() {
+                return Err(SpecError { errors }.into());
+            }
+        }
+        if let Some(sandbox) = &spec.sandbox {
+            let errors = sandboxes::host_check(sandbox, self.inner.sandbox_driver.as_ref());
             if !errors.is_empty() {
                 return Err(SpecError { errors }.into());
             }
@@ -274,6 +301,9 @@ impl Engine {
         }
         if !unfinished.is_empty() {
             executor::ensure_running(&self.inner, id);
+        }
+        if let Some(sandboxes) = &self.inner.sandboxes {
+            sandboxes.end_session(&id.to_string(), true).await?;
         }
         self.get_session(id).await
     }

@@ -396,8 +396,10 @@ impl TurnRun {
                 store: self.inner.store.clone(),
                 http: self.inner.http.clone(),
                 traceparent: telemetry::traceparent_of(&span),
+                sandbox: None,
             };
             let agent = self.agent.clone().expect("agent loaded");
+            let ctx = ToolContext { sandbox: self.inner.sandbox_for(&self.session, agent.version.spec.sandbox.as_ref()), ..ctx };
             pending.push(async move {
                 let started = Instant::now();
                 let routed =

@@ -7,6 +7,7 @@ mod http;
 pub mod mcp;
 mod mcp_sse;
 pub mod router;
+mod sandbox_tools;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 pub use builtin::builtin;
 pub use http::HttpTool;
+pub use sandbox_tools::{sandbox_tools, EXEC_OUTPUT_LIMIT};
 
 /// What a tool call knows about where it runs.
 #[derive(Clone)]
@@ -33,6 +35,8 @@ pub struct ToolContext {
     pub http: reqwest::Client,
     /// W3C trace context of the tool-call span, for outgoing requests.
     pub traceparent: Option<String>,
+    /// The session's sandbox, when the agent has one.
+    pub sandbox: Option<Arc<agentrt_sandbox::SessionSandbox>>,
 }
 
 /// Why a tool call failed. The message is shown to the model.
@@ -116,6 +120,11 @@ impl ToolSet {
         for name in spec.tools.enabled_builtins() {
             if let Some(t) = builtin(&name) {
                 tools.push((name.clone(), t));
+            }
+        }
+        if spec.sandbox.is_some() {
+            for tool in sandbox_tools() {
+                tools.push((format!("sandbox tool {}", tool.def().name), tool));
             }
         }
         for (i, h) in spec.tools.http.iter().enumerate() {

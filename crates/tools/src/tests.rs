@@ -21,6 +21,7 @@ async fn ctx() -> (tempfile::TempDir, ToolContext) {
         store,
         http: reqwest::Client::new(),
         traceparent: None,
+        sandbox: None,
     };
     (dir, ctx)
 }

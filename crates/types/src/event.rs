@@ -46,6 +46,17 @@ pub enum Outcome {
     Unknown,
 }
 
+/// A sandbox lifecycle transition and how long it took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SandboxTransition {
+    /// The sandbox instance (a session has a new one after each restart).
+    pub sandbox: String,
+    pub duration_ms: f64,
+    /// Why, where it is not obvious (e.g. what killed the old sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// The typed payload of an event; `type` names it on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -120,6 +131,24 @@ pub enum EventData {
     /// A tool target's circuit breaker changed state (`open`, `half_open`, `closed`).
     #[serde(rename = "tool.breaker")]
     ToolBreaker { turn_id: TurnId, target: String, state: String, failures: u32 },
+    /// The session's sandbox started (cold, on a new or kept workspace).
+    #[serde(rename = "sandbox.created")]
+    SandboxCreated(SandboxTransition),
+    /// Idle: every process frozen.
+    #[serde(rename = "sandbox.standby")]
+    SandboxStandby(SandboxTransition),
+    /// Thawed after standby.
+    #[serde(rename = "sandbox.resumed")]
+    SandboxResumed(SandboxTransition),
+    /// Idle for long: processes stopped, workspace kept.
+    #[serde(rename = "sandbox.hibernated")]
+    SandboxHibernated(SandboxTransition),
+    /// Found dead (crash, OOM of PID 1, server restart) and started again.
+    #[serde(rename = "sandbox.restarted")]
+    SandboxRestarted(SandboxTransition),
+    /// Stopped for good with its session.
+    #[serde(rename = "sandbox.destroyed")]
+    SandboxDestroyed(SandboxTransition),
     /// Assistant output shown to the user.
     #[serde(rename = "message")]
     Message { turn_id: TurnId, content: String },
@@ -147,6 +176,12 @@ impl EventData {
             EventData::ToolRequested { .. } => "tool.requested",
             EventData::ToolCompleted { .. } => "tool.completed",
             EventData::ToolBreaker { .. } => "tool.breaker",
+            EventData::SandboxCreated(_) => "sandbox.created",
+            EventData::SandboxStandby(_) => "sandbox.standby",
+            EventData::SandboxResumed(_) => "sandbox.resumed",
+            EventData::SandboxHibernated(_) => "sandbox.hibernated",
+            EventData::SandboxRestarted(_) => "sandbox.restarted",
+            EventData::SandboxDestroyed(_) => "sandbox.destroyed",
             EventData::Message { .. } => "message",
             EventData::TurnCompleted { .. } => "turn.completed",
             EventData::TurnFailed { .. } => "turn.failed",
@@ -157,7 +192,14 @@ impl EventData {
     /// The turn this event belongs to, if any.
     pub fn turn_id(&self) -> Option<&TurnId> {
         match self {
-            EventData::SessionCreated { .. } | EventData::SessionTerminated { .. } => None,
+            EventData::SessionCreated { .. }
+            | EventData::SessionTerminated { .. }
+            | EventData::SandboxCreated(_)
+            | EventData::SandboxStandby(_)
+            | EventData::SandboxResumed(_)
+            | EventData::SandboxHibernated(_)
+            | EventData::SandboxRestarted(_)
+            | EventData::SandboxDestroyed(_) => None,
             EventData::TurnSubmitted { turn_id, .. }
             | EventData::TurnStarted { turn_id, .. }
             | EventData::TurnResumed { turn_id, .. }

@@ -5,6 +5,7 @@
 pub mod event;
 pub mod ids;
 pub mod message;
+pub mod sandbox;
 pub mod spec;
 pub mod state;
 pub mod time;

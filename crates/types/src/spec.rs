@@ -32,6 +32,9 @@ pub struct AgentSpec {
     pub limits: Limits,
     #[serde(default)]
     pub tools: ToolsSpec,
+    /// Where model-written code runs; no sandbox tools without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::sandbox::SandboxSpec>,
 }
 
 /// Which model answers, and how.
@@ -338,6 +341,13 @@ impl AgentSpec {
         }
         if r.breaker_failures == 0 {
             bad("tools.router.breaker_failures".into(), "must be at least 1".into());
+        }
+        let mut sandbox_errors = Vec::new();
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.check(&mut sandbox_errors);
+        }
+        for e in sandbox_errors {
+            bad(e.path, e.message);
         }
         if self.limits.max_turn_seconds == 0 {
             bad("limits.max_turn_seconds".into(), "must be at least 1".into());

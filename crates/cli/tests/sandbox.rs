@@ -1,0 +1,451 @@
+//! Sandboxes through the real binary, as root: each isolation test makes
+//! one escape attempt and checks its exact contained outcome; lifecycle
+//! tests freeze, hibernate, kill and restart; an agent writes a program in
+//! its workspace, runs it and answers with its output.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A server, an agent with a `[sandbox]` and one session of it.
+struct Rig {
+    dir: tempfile::TempDir,
+    server: Option<Server>,
+    session: String,
+}
+
+impl Rig {
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+
+    /// Runs a shell command in the session's sandbox through the API.
+    async fn sh(&self, command: &str) -> Value {
+        let (status, out) = self.server().post(&format!("/v1/sessions/{}/sandbox/exec", self.session), json!({"command": command})).await;
+        assert_eq!(status, 200, "exec {command:?}: {out}");
+        out
+    }
+
+    async fn sh_ok(&self, command: &str) -> String {
+        let out = self.sh(command).await;
+        assert_eq!(out["exit_code"], 0, "{command:?}: {out}");
+        out["stdout"].as_str().unwrap().to_owned()
+    }
+
+    async fn status(&self) -> Value {
+        self.server().get(&format!("/v1/sessions/{}/sandbox", self.session)).await
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.kill();
+        }
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Unmounts workspaces a killed server left mounted under `dir`.
+fn unmount_under(dir: &Path) {
+    let Ok(dir) = std::fs::canonicalize(dir) else { return };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if Path::new(point).starts_with(&dir) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(point).status();
+        }
+    }
+}
+
+fn spec(sandbox: &str, script: &str) -> String {
+    format!("[model]\nprovider = \"scripted\"\nscript = [{script}]\n[sandbox]\n{sandbox}\n")
+}
+
+async fn rig(sandbox: &str) -> Rig {
+    rig_with_script(sandbox, "{ text = \"ok\" }").await
+}
+
+async fn rig_with_script(sandbox: &str, script: &str) -> Rig {
+    assert!(nix_is_root(), "the sandbox tests need root (loop devices, cgroups, uid maps)");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.apply("box", &spec(sandbox, script)).await;
+    let session = server.session("box").await;
+    Rig { dir, server: Some(server), session }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// Polls `check` until it is true or `secs` pass.
+async fn eventually(secs: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ----- isolation: one attempt per test -----
+
+#[tokio::test]
+async fn host_files_outside_the_sandbox_cannot_be_read() {
+    let r = rig("").await;
+    let secret = r.dir.path().join("secret.txt");
+    std::fs::write(&secret, "hunter2").unwrap();
+    let out = r.sh(&format!("cat {}", secret.display())).await;
+    assert_eq!(out["exit_code"], 1, "{out}");
+    assert!(out["stderr"].as_str().unwrap().contains("No such file or directory"), "{out}");
+    let out = r.sh("cat /etc/shadow; ls /root").await;
+    assert!(out["stderr"].as_str().unwrap().contains("/etc/shadow: No such file or directory"), "{out}");
+    assert!(out["stderr"].as_str().unwrap().contains("'/root': No such file or directory"), "{out}");
+}
+
+#[tokio::test]
+async fn only_workspace_and_tmp_are_writable() {
+    let r = rig("").await;
+    for path in ["/usr/evil", "/evil", "/etc/evil", "/bin/evil"] {
+        let out = r.sh(&format!("touch {path}")).await;
+        assert_eq!(out["exit_code"], 1, "{path}: {out}");
+        assert!(out["stderr"].as_str().unwrap().contains("Read-only file system"), "{path}: {out}");
+    }
+    r.sh_ok("touch /workspace/ok /tmp/ok").await;
+}
+
+#[tokio::test]
+async fn the_file_api_cannot_escape_through_dot_dot_or_symlinks() {
+    let r = rig("").await;
+    let secret = r.dir.path().join("secret.txt");
+    std::fs::write(&secret, "hunter2").unwrap();
+    let base = format!("{}/v1/sessions/{}/files", r.server().url, r.session);
+    let http = reqwest::Client::new();
+    let resp = http.get(format!("{base}/../../etc/hostname")).send().await.unwrap();
+    // The URL is normalised by the client or refused by the server; neither reads the host.
+    assert!([404, 422].contains(&resp.status().as_u16()), "{}", resp.status());
+    let resp = http.get(format!("{base}/a%2F..%2F..%2Fetc%2Fhostname")).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    r.sh_ok(&format!("ln -s {} /workspace/link", secret.display())).await;
+    let resp = http.get(format!("{base}/link")).send().await.unwrap();
+    assert_eq!(resp.status(), 404, "the symlink resolves inside the sandbox, where the host file is not");
+    let resp = http.put(format!("{base}/link")).body("overwrite").send().await.unwrap();
+    assert_eq!(resp.status(), 404, "writing through a dangling link fails too");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "hunter2");
+}
+
+#[tokio::test]
+async fn the_network_is_loopback_only() {
+    let r = rig("").await;
+    let port = r.server().url.rsplit(':').next().unwrap().to_owned();
+    let out = r.sh(&format!("bash -c 'echo > /dev/tcp/127.0.0.1/{port}'")).await;
+    assert!(out["stderr"].as_str().unwrap().contains("Connection refused"), "the runtime's port is not reachable: {out}");
+    let out = r.sh("bash -c 'echo > /dev/tcp/1.1.1.1/80'").await;
+    assert!(out["stderr"].as_str().unwrap().contains("Network is unreachable"), "{out}");
+    let ifaces = r.sh_ok("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '").await;
+    assert_eq!(ifaces.trim(), "lo");
+}
+
+#[tokio::test]
+async fn host_processes_are_invisible_and_unsignalable() {
+    let r = rig("").await;
+    let pid = r.server().pid();
+    let out = r.sh(&format!("kill -0 {pid}")).await;
+    assert_ne!(out["exit_code"], 0, "{out}");
+    assert!(out["stderr"].as_str().unwrap().contains("No such process"), "{out}");
+    // Only the sandbox's own processes: the agent as PID 1, the shell, ls.
+    let pids = r.sh_ok("ls /proc | grep -E '^[0-9]+$' | sort -n | head -1").await;
+    assert_eq!(pids.trim(), "1");
+    let count: usize = r.sh_ok("ls /proc | grep -cE '^[0-9]+$'").await.trim().parse().unwrap();
+    assert!(count <= 5, "{count} processes visible");
+}
+
+/// Runs a Python snippet that makes one syscall and prints its errno.
+async fn errno_of(r: &Rig, call: &str) -> String {
+    let py = format!("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nr = {call}\nprint(r, ctypes.get_errno())");
+    r.sh_ok(&format!("python3 -c '{py}'")).await.trim().to_owned()
+}
+
+#[tokio::test]
+async fn privileged_operations_are_refused() {
+    let r = rig("").await;
+    let eperm = "-1 1";
+    assert_eq!(errno_of(&r, "libc.mount(b\"none\", b\"/tmp\", b\"tmpfs\", 0, None)").await, eperm, "mount");
+    assert_eq!(errno_of(&r, "libc.unshare(0x10000000)").await, eperm, "unshare(CLONE_NEWUSER)");
+    assert_eq!(errno_of(&r, "libc.ptrace(16, 1, 0, 0)").await, eperm, "ptrace(PTRACE_ATTACH, 1)");
+    assert_eq!(errno_of(&r, "libc.syscall(313, -1, b\"\", 0)").await, eperm, "finit_module");
+    assert_eq!(errno_of(&r, "libc.sethostname(b\"evil\", 4)").await, eperm, "sethostname");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_ne!(host.trim(), "evil");
+    let out = r.sh("echo 3 > /proc/sys/vm/drop_caches").await;
+    assert_ne!(out["exit_code"], 0, "{out}");
+    assert!(out["stderr"].as_str().unwrap().contains("Read-only file system"), "{out}");
+    let caps = r.sh_ok("grep CapEff /proc/self/status").await;
+    assert_eq!(caps.split_whitespace().nth(1), Some("0000000000000000"));
+}
+
+#[tokio::test]
+async fn a_fork_bomb_hits_the_pids_limit() {
+    let r = rig("pids = 32").await;
+    let py = "import os, signal\nkids = []\ntry:\n    while True:\n        pid = os.fork()\n        if pid == 0:\n            signal.pause()\n        kids.append(pid)\nexcept OSError as e:\n    print(len(kids), e.errno)\nfor k in kids:\n    os.kill(k, 9)";
+    let out = r.sh_ok(&format!("python3 -c '{py}'")).await;
+    let (n, errno) = out.trim().split_once(' ').unwrap();
+    assert_eq!(errno, "11", "EAGAIN: {out}");
+    assert!(n.parse::<u32>().unwrap() < 32, "{out}");
+    r.sh_ok("true").await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_killed_and_reported_as_out_of_memory() {
+    let script = "{ tool_calls = [{ name = \"shell.exec\", arguments = { command = \"python3 -c 'x = b\\\"a\\\" * (400 << 20); print(len(x))'\" } }] }, { text = \"{tool_results}\" }";
+    let r = rig_with_script("memory_mb = 96\ntmp_mb = 16", script).await;
+    let turn = r.server().submit(&r.session, "go").await;
+    let t = r.server().wait_turn(&r.session, &turn).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let events = r.server().events(&r.session).await;
+    let done = events.iter().find(|e| e["type"] == "tool.completed").expect("tool.completed");
+    assert_eq!(done["outcome"], "error", "{done}");
+    assert!(done["result"].to_string().contains("killed: out of memory (limit 96 MiB)"), "{done}");
+    assert!(r.status().await["usage"]["oom_kills"].as_u64().unwrap() >= 1);
+    r.sh_ok("true").await;
+}
+
+#[tokio::test]
+async fn a_cpu_hog_is_throttled_and_other_sessions_are_not() {
+    let r = rig("cpu = 0.2").await;
+    r.server().apply("free", &spec("cpu = 1.0", "{ text = \"ok\" }")).await;
+    let other = r.server().session("free").await;
+    let spin =
+        "python3 -c 'import time, os\nt = time.time()\nwhile time.time() - t < 1.5: pass\nprint(os.times().user + os.times().system)'";
+    let (url_a, url_b) = (format!("/v1/sessions/{}/sandbox/exec", r.session), format!("/v1/sessions/{other}/sandbox/exec"));
+    // Warm both sandboxes first so that start-up does not skew the race.
+    r.sh_ok("true").await;
+    r.server().post(&url_b, json!({"command": "true"})).await;
+    let (a, b) = tokio::join!(r.server().post(&url_a, json!({"command": spin})), r.server().post(&url_b, json!({"command": spin})));
+    let cpu = |v: &Value| v["stdout"].as_str().unwrap().trim().parse::<f64>().unwrap();
+    let (throttled, free) = (cpu(&a.1), cpu(&b.1));
+    assert!(throttled < 0.6, "0.2 cores for 1.5 s used {throttled} s of CPU");
+    assert!(free > 0.9, "the other session, with a core of its own, is not held back: {free}");
+}
+
+#[tokio::test]
+async fn filling_the_workspace_stops_at_the_quota() {
+    let r = rig("disk_mb = 16").await;
+    let out = r.sh("dd if=/dev/zero of=/workspace/big bs=1M count=64").await;
+    assert_ne!(out["exit_code"], 0, "{out}");
+    assert!(out["stderr"].as_str().unwrap().contains("No space left on device"), "{out}");
+    let used: u64 = r.sh_ok("du -sm /workspace/big | cut -f1").await.trim().parse().unwrap();
+    assert!(used <= 16, "{used} MiB written");
+    let url = format!("{}/v1/sessions/{}/files/more", r.server().url, r.session);
+    let resp = reqwest::Client::new().put(url).body(vec![0u8; 4 << 20]).send().await.unwrap();
+    assert_eq!(resp.status(), 507);
+}
+
+// ----- lifecycle -----
+
+#[tokio::test]
+async fn a_background_process_keeps_its_state_across_standby_and_resume() {
+    let r = rig("").await;
+    let py = "import time\ni = 0\nwhile True:\n    i += 1\n    open(\"/workspace/n.tmp\", \"w\").write(str(i))\n    time.sleep(0.02)";
+    r.sh_ok(&format!("nohup python3 -c '{py}' >/dev/null 2>&1 &")).await;
+    let count = async || r.sh_ok("cat /workspace/n.tmp 2>/dev/null || echo 0").await.trim().parse::<u64>().unwrap_or(0);
+    eventually(10, "the counter runs", async || count().await > 5).await;
+    let (s, v) = r.server().post(&format!("/v1/sessions/{}/sandbox/standby", r.session), json!({})).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("standby")), "{v}");
+    let frozen_at = std::fs::read_to_string(workspace_file(&r, "n.tmp")).unwrap().parse::<u64>().unwrap();
+    // Frozen: 300 ms pass (15 counter ticks) with no tick at all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = std::fs::read_to_string(workspace_file(&r, "n.tmp")).unwrap().parse::<u64>().unwrap();
+    assert_eq!(later, frozen_at, "a frozen process made progress");
+    // The next call thaws it, and the same process counts on from where it stopped.
+    let resumed = count().await;
+    assert!(resumed >= frozen_at && resumed < frozen_at + 5, "{frozen_at} → {resumed}: restarted rather than resumed?");
+    eventually(10, "the counter goes on", async || count().await > resumed + 5).await;
+    let events = r.server().events(&r.session).await;
+    let kinds = types(&events);
+    assert!(kinds.contains(&"sandbox.standby".into()) && kinds.contains(&"sandbox.resumed".into()), "{kinds:?}");
+}
+
+/// The host path of a workspace file (root can look without waking the sandbox).
+fn workspace_file(r: &Rig, name: &str) -> std::path::PathBuf {
+    r.dir.path().join("sandboxes/workspaces").join(&r.session).join("mnt").join(name)
+}
+
+#[tokio::test]
+async fn idle_sandboxes_stand_by_then_hibernate_and_keep_their_files() {
+    let r = rig("idle_standby_seconds = 1\nidle_hibernate_seconds = 2").await;
+    r.sh_ok("echo kept > /workspace/f.txt").await;
+    let first = r.status().await["id"].as_str().unwrap().to_owned();
+    eventually(15, "standby", async || r.status().await["state"] == "standby").await;
+    eventually(15, "hibernation", async || r.status().await["state"] == "hibernated").await;
+    assert_eq!(r.sh_ok("cat /workspace/f.txt").await, "kept\n");
+    let now = r.status().await;
+    assert_eq!(now["state"], "running");
+    assert_ne!(now["id"].as_str().unwrap(), first, "a fresh sandbox on the same workspace");
+    let events = r.server().events(&r.session).await;
+    let kinds: Vec<String> = types(&events).into_iter().filter(|k| k.starts_with("sandbox.")).collect();
+    assert_eq!(kinds, ["sandbox.created", "sandbox.standby", "sandbox.hibernated", "sandbox.created"]);
+    let last = events.iter().rev().find(|e| e["type"] == "sandbox.created").unwrap();
+    assert_eq!(last["reason"], "after hibernation");
+    assert!(last["duration_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn a_dead_sandbox_is_replaced_on_the_next_call() {
+    let r = rig("").await;
+    r.sh_ok("echo x > /workspace/x").await;
+    // PID 1 of the sandbox dies (killed from the host): every process in it goes with it.
+    let id = r.status().await["id"].as_str().unwrap().to_owned();
+    let pid1 = r.dir.path().join("sandboxes/run").join(&id).join("pid");
+    let pid: i32 = std::fs::read_to_string(pid1).unwrap().trim().parse().unwrap();
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    eventually(10, "replacement", async || {
+        let (s, v) = r.server().post(&format!("/v1/sessions/{}/sandbox/exec", r.session), json!({"command": "cat /workspace/x"})).await;
+        s == 200 && v["stdout"] == "x\n"
+    })
+    .await;
+    let kinds = types(&r.server().events(&r.session).await);
+    assert!(kinds.contains(&"sandbox.restarted".to_owned()), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn the_workspace_survives_a_sigkill_of_the_server() {
+    let mut r = rig("").await;
+    r.sh_ok("mkdir -p /workspace/src && echo 'print(6 * 7)' > /workspace/src/main.py").await;
+    r.server.take().unwrap().kill();
+    r.server = Some(Server::start(r.dir.path()));
+    assert_eq!(r.sh_ok("python3 /workspace/src/main.py").await, "42\n");
+}
+
+#[tokio::test]
+async fn twenty_sandboxes_run_at_once_without_seeing_each_other() {
+    let r = rig("").await;
+    let mut sessions = vec![r.session.clone()];
+    for _ in 1..20 {
+        sessions.push(r.server().session("box").await);
+    }
+    let urls: Vec<String> = sessions.iter().map(|s| format!("/v1/sessions/{s}/sandbox/exec")).collect();
+    let runs = sessions.iter().zip(&urls).map(|(s, url)| {
+        let command = format!("echo {s} > /workspace/me && sleep 0.2 && ls /workspace && cat /workspace/me");
+        r.server().post(url, json!({"command": command}))
+    });
+    let results = futures_util::future::join_all(runs).await;
+    for (s, (status, out)) in sessions.iter().zip(results) {
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["stdout"], format!("me\n{s}\n"), "{s}: {out}");
+    }
+}
+
+#[tokio::test]
+async fn terminating_the_session_destroys_its_sandbox_and_workspace() {
+    let r = rig("").await;
+    r.sh_ok("echo bye > /workspace/f").await;
+    let (s, _) = r.server().call(reqwest::Method::DELETE, &format!("/v1/sessions/{}", r.session), None).await;
+    assert_eq!(s, 200);
+    assert!(!r.dir.path().join("sandboxes/workspaces").join(&r.session).exists());
+    let kinds = types(&r.server().events(&r.session).await);
+    assert_eq!(kinds.last().map(String::as_str), Some("sandbox.destroyed"), "{kinds:?}");
+    let (s, v) = r.server().post(&format!("/v1/sessions/{}/sandbox/exec", r.session), json!({"command": "true"})).await;
+    assert_eq!(s, 409, "{v}");
+}
+
+// ----- the API, the CLI and an agent -----
+
+#[tokio::test]
+async fn exec_streams_output_files_round_trip_and_bad_requests_are_explained() {
+    let r = rig("").await;
+    let url = format!("{}/v1/sessions/{}/sandbox/exec", r.server().url, r.session);
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("accept", "text/event-stream")
+        .json(&json!({"command": "echo one; sleep 0.1; echo two >&2; exit 3"}))
+        .send()
+        .await
+        .unwrap();
+    let body = resp.text().await.unwrap();
+    let one = body.find("event: stdout\ndata: one").expect(&body);
+    let two = body.find("event: stderr\ndata: two").expect(&body);
+    let exit = body.find("event: exit").expect(&body);
+    assert!(one < two && two < exit, "{body}");
+    assert!(body.contains("\"exit_code\":3"), "{body}");
+
+    let files = format!("{}/v1/sessions/{}/files", r.server().url, r.session);
+    let http = reqwest::Client::new();
+    let put = http.put(format!("{files}/dir/bin.dat")).body(vec![0u8, 159, 146, 150]).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+    let got = http.get(format!("{files}/dir/bin.dat")).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.as_ref(), &[0u8, 159, 146, 150]);
+    let listing: Value = http.get(format!("{files}/dir")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listing["entries"][0]["path"], "bin.dat", "{listing}");
+    let missing = http.get(format!("{files}/nope")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let (s, v) = r.server().post(&format!("/v1/sessions/{}/sandbox/exec", r.session), json!({"cmd": "ls"})).await;
+    assert_eq!(s, 422, "{v}");
+    let (s, v) =
+        r.server().post(&format!("/v1/sessions/{}/sandbox/exec", r.session), json!({"command": "sleep 5", "timeout_seconds": 1})).await;
+    assert_eq!((s, v["timed_out"].as_bool(), v["signal"].as_i64()), (200, Some(true), Some(9)), "{v}");
+}
+
+#[tokio::test]
+async fn cli_exec_and_cp() {
+    let r = rig("").await;
+    let url = r.server().url.clone();
+    let local = r.dir.path().join("in.txt");
+    std::fs::write(&local, "from the host\n").unwrap();
+    let remote = format!("{}:notes/in.txt", r.session);
+    let (code, out, err) = cli(&["sandbox", "cp", local.to_str().unwrap(), &remote], Some(&url));
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = cli(&["sandbox", "exec", &r.session, "--", "cat", "notes/in.txt"], Some(&url));
+    assert_eq!((code, out.as_str()), (0, "from the host\n"));
+    let (code, _, _) = cli(&["sandbox", "exec", &r.session, "--", "sh", "-c", "exit 7"], Some(&url));
+    assert_eq!(code, 7);
+    let back = r.dir.path().join("out.txt");
+    let (code, out, err) = cli(&["sandbox", "cp", &remote, back.to_str().unwrap()], Some(&url));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(std::fs::read_to_string(back).unwrap(), "from the host\n");
+    let (code, _, err) = cli(&["sandbox", "cp", "a", "b"], Some(&url));
+    assert_eq!(code, 1);
+    assert!(err.contains("SESSION_ID:path"), "{err}");
+}
+
+#[tokio::test]
+async fn an_agent_writes_a_program_runs_it_and_answers_with_its_output() {
+    let script = r#"{ tool_calls = [{ name = "fs.write", arguments = { path = "fib.py", content = "a, b = 0, 1
+for _ in range(30):
+    a, b = b, a + b
+print(a)
+" } }] },
+  { tool_calls = [{ name = "shell.exec", arguments = { command = "python3 fib.py" } }] },
+  { text = "fib(30) is {tool_results}" }"#;
+    let r = rig_with_script("", script).await;
+    let turn = r.server().submit(&r.session, "compute fib(30)").await;
+    let t = r.server().wait_turn(&r.session, &turn).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert!(t["output"].as_str().unwrap().contains("832040"), "{t}");
+    assert_eq!(std::fs::read_to_string(workspace_file(&r, "fib.py")).unwrap().lines().count(), 4);
+}
+
+#[tokio::test]
+async fn impossible_sandbox_specs_are_refused_at_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    for (sandbox, path, needle) in [
+        ("driver = \"firecracker\"", "sandbox.driver", "unknown driver"),
+        ("memory_mb = 99999999", "sandbox.memory_mb", "more than this host has"),
+        ("rootfs = \"/nonexistent/rootfs\"", "sandbox.rootfs", "not a root filesystem"),
+        ("idle_standby_seconds = 10\nidle_hibernate_seconds = 5", "sandbox.idle_hibernate_seconds", "at least idle_standby_seconds"),
+    ] {
+        let resp = server.http.put(format!("{}/v1/agents/bad", server.url)).body(spec(sandbox, "{ text = \"x\" }")).send().await.unwrap();
+        assert_eq!(resp.status(), 422, "{sandbox}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["details"][0]["path"], path, "{body}");
+        assert!(body["error"]["details"][0]["message"].as_str().unwrap().contains(needle), "{body}");
+    }
+}

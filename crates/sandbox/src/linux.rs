@@ -1,0 +1,267 @@
+//! The `linux` driver: the in-sandbox agent builds the sandbox itself
+//! (namespaces, pivot_root, seccomp, landlock, capabilities; see
+//! `agentrt_sandbox_agent::setup`); this side prepares the workspace, the
+//! cgroup and the directories, starts the agent's supervisor and keeps it
+//! as a child whose exit means the sandbox died.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use agentrt_sandbox_agent::protocol::{Request, Response};
+use agentrt_sandbox_agent::setup::{Ready, SandboxConfig};
+use agentrt_types::sandbox::SandboxSpec;
+use async_trait::async_trait;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::cgroup::{Cgroup, CgroupVersion, Limits, Usage};
+use crate::client::AgentClient;
+use crate::workspace::Workspace;
+use crate::{Sandbox, SandboxDriver, SandboxError};
+
+/// Where the driver keeps things and how it starts the agent.
+#[derive(Clone, Debug)]
+pub struct LinuxConfig {
+    /// Holds `workspaces/` and `run/`.
+    pub dir: PathBuf,
+    /// The agent program and arguments before `sandbox CONFIG`.
+    pub agent: Vec<String>,
+    /// Sandbox root of session N maps to host uid `uid_base + hash(session) % 65536`.
+    pub uid_base: u32,
+}
+
+/// The `linux` driver.
+pub struct LinuxDriver {
+    config: LinuxConfig,
+    cgroups: Option<CgroupVersion>,
+}
+
+impl LinuxDriver {
+    pub fn new(config: LinuxConfig) -> Self {
+        let cgroups = CgroupVersion::detect();
+        if cgroups.is_none() {
+            tracing::warn!("sandboxes run without cgroup limits (needs root and cgroup v1 or v2)");
+        }
+        let driver = LinuxDriver { config, cgroups };
+        driver.clean_up_previous_run();
+        driver
+    }
+
+    /// Removes what sandboxes of a previous run of this node left: their
+    /// processes died with it, but cgroups and run directories stay.
+    fn clean_up_previous_run(&self) {
+        let Ok(entries) = std::fs::read_dir(self.config.dir.join("run")) else { return };
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if let Some(version) = self.cgroups {
+                Cgroup::existing(version, &id).destroy();
+            }
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+
+    /// The cgroup version in use, if any.
+    pub fn cgroups(&self) -> Option<CgroupVersion> {
+        self.cgroups
+    }
+
+    fn workspaces(&self) -> PathBuf {
+        self.config.dir.join("workspaces")
+    }
+
+    /// A stable unprivileged host uid per session, so a workspace's files
+    /// keep their owner across sandboxes.
+    fn uid_for(&self, session: &str) -> u32 {
+        let hash = session.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        self.config.uid_base + (hash % 65_536) as u32
+    }
+}
+
+#[async_trait]
+impl SandboxDriver for LinuxDriver {
+    fn name(&self) -> &'static str {
+        "linux"
+    }
+
+    async fn create(&self, session: &str, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
+        let setup = |what: &str, e: &dyn std::fmt::Display| SandboxError::Setup(format!("{what}: {e}"));
+        let uid = self.uid_for(session);
+        let (root, name, disk) = (self.workspaces(), session.to_owned(), spec.disk_mb);
+        let workspace = tokio::task::spawn_blocking(move || Workspace::open(&root, &name, disk, uid, uid))
+            .await
+            .map_err(|e| setup("workspace", &e))?
+            .map_err(|e| setup("workspace", &e))?;
+        let id = format!("sbx{:08x}", fastrand::u32(..));
+        let run = self.config.dir.join("run").join(&id);
+        let new_root = run.join("r");
+        std::fs::create_dir_all(&new_root).map_err(|e| setup("run directory", &e))?;
+        if nix::unistd::geteuid().is_root() {
+            let owner = Some(nix::unistd::Uid::from_raw(uid));
+            nix::unistd::chown(&run, owner, Some(nix::unistd::Gid::from_raw(uid))).map_err(|e| setup("chown run directory", &e))?;
+        }
+        let socket = run.join("s");
+        let cgroup = match self.cgroups {
+            Some(version) => {
+                let limits = Limits { memory_bytes: spec.memory_mb << 20, cpu_cores: spec.cpu, pids: spec.pids };
+                Some(Cgroup::create(version, &id, limits).map_err(|e| setup("cgroup", &e))?)
+            }
+            None => None,
+        };
+        let mut env = vec![
+            ("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()),
+            ("HOME".to_owned(), "/workspace".to_owned()),
+            ("LANG".to_owned(), "C.UTF-8".to_owned()),
+            ("TMPDIR".to_owned(), "/tmp".to_owned()),
+        ];
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let config = SandboxConfig {
+            root: new_root,
+            socket: socket.clone(),
+            workspace: workspace.dir.clone(),
+            rootfs: spec.rootfs.as_ref().map(PathBuf::from),
+            uid,
+            gid: uid,
+            tmp_bytes: spec.tmp_mb << 20,
+            cgroup_procs: cgroup.as_ref().map(Cgroup::procs_files).unwrap_or_default(),
+            hostname: "sandbox".into(),
+            env,
+            nofile: 4096,
+        };
+        let sandbox = LinuxSandbox {
+            id: id.clone(),
+            run,
+            cgroup,
+            client: AgentClient::new(&socket),
+            child: Mutex::new(None),
+            pid: 0,
+            memory_mb: spec.memory_mb,
+        };
+        let (child, pid) = match start_agent(&self.config.agent, &config).await {
+            Ok(started) => started,
+            Err(e) => {
+                sandbox.destroy().await;
+                return Err(e);
+            }
+        };
+        *sandbox.child.lock().expect("sandbox child lock") = Some(child);
+        let _ = std::fs::write(sandbox.run.join("pid"), pid.to_string());
+        Ok(Box::new(LinuxSandbox { pid, ..sandbox }))
+    }
+
+    async fn delete_workspace(&self, session: &str) -> Result<(), SandboxError> {
+        let (root, name) = (self.workspaces(), session.to_owned());
+        tokio::task::spawn_blocking(move || Workspace::delete(&root, &name))
+            .await
+            .map_err(|e| SandboxError::Internal(e.to_string()))?
+            .map_err(|e| SandboxError::Internal(format!("delete workspace: {e}")))
+    }
+}
+
+/// Starts the supervisor and waits for its ready line.
+async fn start_agent(agent: &[String], config: &SandboxConfig) -> Result<(Child, i32), SandboxError> {
+    let (program, args) = agent.split_first().ok_or_else(|| SandboxError::Setup("no sandbox agent program configured".into()))?;
+    let json = serde_json::to_string(config).map_err(|e| SandboxError::Internal(e.to_string()))?;
+    let mut child = Command::new(program)
+        .args(args)
+        .arg("sandbox")
+        .arg(json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| SandboxError::Setup(format!("start the sandbox agent {program:?}: {e}")))?;
+    let stdout = child.stdout.take().ok_or_else(|| SandboxError::Internal("no agent stdout".into()))?;
+    let mut line = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), BufReader::new(stdout).read_line(&mut line)).await;
+    let ready: Ready = match read {
+        Ok(Ok(n)) if n > 0 => serde_json::from_str(&line).map_err(|e| SandboxError::Setup(format!("bad ready line {line:?}: {e}")))?,
+        Ok(_) => return Err(SandboxError::Setup("the sandbox agent exited before it was ready".into())),
+        Err(_) => return Err(SandboxError::Setup("the sandbox agent was not ready within 10 s".into())),
+    };
+    match (ready.ready, ready.pid) {
+        (true, Some(pid)) => Ok((child, pid)),
+        _ => Err(SandboxError::Setup(ready.error.unwrap_or_else(|| "unknown error".into()))),
+    }
+}
+
+/// A running `linux` sandbox.
+pub struct LinuxSandbox {
+    id: String,
+    run: PathBuf,
+    cgroup: Option<Cgroup>,
+    client: AgentClient,
+    child: Mutex<Option<Child>>,
+    /// PID 1's host pid: killing it ends every process of the sandbox.
+    pid: i32,
+    memory_mb: u64,
+}
+
+#[async_trait]
+impl Sandbox for LinuxSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn call(&self, request: &Request) -> Result<Response, SandboxError> {
+        self.client.call(request).await
+    }
+
+    async fn stream(&self, request: &Request) -> Result<mpsc::Receiver<Result<Response, SandboxError>>, SandboxError> {
+        self.client.stream(request).await
+    }
+
+    async fn pause(&self) -> Result<(), SandboxError> {
+        self.freeze(true).await
+    }
+
+    async fn resume(&self) -> Result<(), SandboxError> {
+        self.freeze(false).await
+    }
+
+    async fn snapshot(&self, _dest: &Path) -> Result<(), SandboxError> {
+        Err(SandboxError::Unsupported("workspace snapshots arrive with multi-node operation".into()))
+    }
+
+    async fn destroy(&self) {
+        if self.pid > 0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.destroy();
+        }
+        let child = self.child.lock().expect("sandbox child lock").take();
+        if let Some(mut child) = child {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.run);
+    }
+
+    fn alive(&self) -> bool {
+        let mut child = self.child.lock().expect("sandbox child lock");
+        matches!(child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    fn usage(&self) -> Usage {
+        self.cgroup.as_ref().map(Cgroup::usage).unwrap_or_default()
+    }
+
+    fn explain_kill(&self, before: &Usage) -> Option<String> {
+        let now = self.usage();
+        (now.oom_kills > before.oom_kills).then(|| format!("killed: out of memory (limit {} MiB)", self.memory_mb))
+    }
+}
+
+impl LinuxSandbox {
+    async fn freeze(&self, frozen: bool) -> Result<(), SandboxError> {
+        let Some(cg) = &self.cgroup else {
+            return Err(SandboxError::Unsupported("standby needs cgroups (run the runtime as root)".into()));
+        };
+        // Sub-millisecond: the freezer settles almost at once.
+        cg.set_frozen(frozen).map_err(|e| SandboxError::Internal(format!("freezer: {e}")))
+    }
+}

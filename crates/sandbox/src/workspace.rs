@@ -1,0 +1,80 @@
+//! A session's persistent `/workspace`. As root it is an ext4 image of the
+//! quota's size attached through a loop device, so writes past the quota
+//! fail with ENOSPC and the image is the unit to snapshot and ship to
+//! another node; it stays mounted on the host while the session lives and
+//! outlives every sandbox built on it. Without root it is a plain
+//! directory with no quota.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One session's workspace on the host.
+#[derive(Clone, Debug)]
+pub struct Workspace {
+    /// What is mounted at `/workspace` in the sandbox.
+    pub dir: PathBuf,
+    /// The ext4 image behind `dir`, when there is a quota.
+    pub image: Option<PathBuf>,
+}
+
+impl Workspace {
+    /// Opens (creating on first use) the workspace under `root/{session}`,
+    /// owned by `uid:gid` on the host.
+    pub fn open(root: &Path, session: &str, disk_mb: u64, uid: u32, gid: u32) -> io::Result<Workspace> {
+        let base = root.join(session);
+        fs::create_dir_all(&base)?;
+        if !nix::unistd::geteuid().is_root() {
+            let dir = base.join("dir");
+            fs::create_dir_all(&dir)?;
+            return Ok(Workspace { dir, image: None });
+        }
+        let image = base.join("disk.img");
+        let dir = base.join("mnt");
+        fs::create_dir_all(&dir)?;
+        if !image.exists() {
+            let partial = base.join("disk.img.partial");
+            fs::File::create(&partial)?.set_len(disk_mb << 20)?;
+            run(Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-E"])
+                .arg(format!("root_owner={uid}:{gid},lazy_itable_init=1,lazy_journal_init=1"))
+                .arg(&partial))?;
+            fs::rename(&partial, &image)?;
+        }
+        if !is_mountpoint(&dir)? {
+            run(Command::new("mount").args(["-o", "loop,nosuid,nodev,noatime"]).arg(&image).arg(&dir))?;
+            let _ = fs::remove_dir(dir.join("lost+found"));
+        }
+        Ok(Workspace { dir, image: Some(image) })
+    }
+
+    /// Unmounts (if mounted) and deletes the workspace for good.
+    pub fn delete(root: &Path, session: &str) -> io::Result<()> {
+        let base = root.join(session);
+        let mnt = base.join("mnt");
+        if mnt.exists() && is_mountpoint(&mnt)? {
+            run(Command::new("umount").arg(&mnt))?;
+        }
+        match fs::remove_dir_all(&base) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether `dir` is the mount point of something (per /proc/self/mountinfo).
+fn is_mountpoint(dir: &Path) -> io::Result<bool> {
+    let dir = fs::canonicalize(dir)?;
+    let dir = dir.to_string_lossy();
+    Ok(fs::read_to_string("/proc/self/mountinfo")?.lines().any(|l| l.split(' ').nth(4) == Some(&dir)))
+}
+
+fn run(cmd: &mut Command) -> io::Result<()> {
+    let out = cmd.output().map_err(|e| io::Error::new(e.kind(), format!("{cmd:?}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
