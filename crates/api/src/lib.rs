@@ -55,7 +55,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/sandbox/exec", post(sandbox::exec))
         .route("/v1/sessions/{id}/sandbox/standby", post(sandbox::standby))
         .route("/v1/sessions/{id}/sandbox/resume", post(sandbox::resume))
-        .route("/v1/sessions/{id}/files/{*path}", get(sandbox::get_file).put(sandbox::put_file).delete(sandbox::delete_file))
+        .route(
+            "/v1/sessions/{id}/files/{*path}",
+            get(sandbox::get_file)
+                .put(sandbox::put_file)
+                .delete(sandbox::delete_file)
+                .layer(DefaultBodyLimit::max(sandbox::MAX_FILE_BYTES)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -21,6 +21,9 @@ use serde_json::{json, Value};
 use crate::extract::{session_id, JsonBody};
 use crate::{ApiError, AppState};
 
+/// Largest file `PUT` accepts (it travels base64-encoded in one frame).
+pub const MAX_FILE_BYTES: usize = 32 << 20;
+
 /// Longest exec a client may ask for.
 const MAX_EXEC_SECONDS: u64 = 3600;
 

@@ -5,6 +5,7 @@
 mod idle;
 mod inproc;
 mod mcp_overhead;
+mod sandbox;
 mod stats;
 mod timed_store;
 mod tracing_cost;
@@ -45,6 +46,15 @@ struct Args {
     /// A Python with the MCP SDK, for the MCP router-overhead benchmark.
     #[arg(long)]
     mcp_python: Option<PathBuf>,
+    /// The in-sandbox agent for the sandbox benchmark.
+    #[arg(long, default_value = "target/release/agentrt-sandbox-agent")]
+    sandbox_agent: PathBuf,
+    /// Sandboxes held in standby at once.
+    #[arg(long, default_value_t = 200)]
+    standby_sandboxes: usize,
+    /// Run only the sandbox benchmark.
+    #[arg(long)]
+    sandbox_only: bool,
     /// Also write the table to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -59,6 +69,41 @@ async fn main() -> anyhow::Result<()> {
         println!("{what}: {result}");
         rows.push((what.to_owned(), result, target.to_owned()));
     };
+
+    {
+        let b = sandbox::measure(&args.sandbox_agent, &args.tmp, 50, args.standby_sandboxes).await?;
+        use sandbox::ms;
+        row(
+            &format!("sandbox cold start: create → first exec result ({} starts, full isolation, cgroups)", b.cold.n),
+            format!("p50 {} · p99 {}", ms(b.cold.p50), ms(b.cold.p99)),
+            "p50 ≤ bwrap",
+        );
+        if let Some(bw) = &b.bwrap_cold {
+            row("bwrap, same namespaces and mounts, spawn → `true` exits", format!("p50 {} · p99 {}", ms(bw.p50), ms(bw.p99)), "");
+            let ratio = b.cold.p50.as_secs_f64() / bw.p50.as_secs_f64();
+            row("agentrt cold start vs bwrap, p50", format!("{ratio:.2}×"), "≤ 1.0");
+        }
+        row(
+            &format!("exec round trip in a warm sandbox ({} execs of `true`)", b.exec.n),
+            format!("p50 {} · p99 {}", ms(b.exec.p50), ms(b.exec.p99)),
+            "",
+        );
+        row("standby (freeze every process)", format!("p50 {} · p99 {}", ms(b.pause.p50), ms(b.pause.p99)), "");
+        row("resume from standby (thaw)", format!("p50 {} · p99 {}", ms(b.resume.p50), ms(b.resume.p99)), "p50 < 1 ms");
+        row(
+            &format!("{} sandboxes in standby at once", b.standby_count),
+            format!(
+                "{:.1} MiB charged to their cgroups in all · thaw + first exec p50 {} · p99 {}",
+                b.standby_memory_mib,
+                ms(b.standby_resume.p50),
+                ms(b.standby_resume.p99)
+            ),
+            "200 on one node",
+        );
+    }
+    if args.sandbox_only {
+        return finish(&rows, args.out.as_deref());
+    }
 
     let steps_per_turn = 2 * args.tool_calls + 1;
     // Warm-up of each store: a fresh database's WAL grows on every commit,
@@ -164,12 +209,17 @@ async fn main() -> anyhow::Result<()> {
         row("agentrt vs LangGraph, per-step p50", format!("{ratio:.1}× faster"), "≥ 10×");
     }
 
+    finish(&rows, args.out.as_deref())
+}
+
+/// Prints the markdown table and writes it to `out` if given.
+fn finish(rows: &[(String, String, String)], out: Option<&std::path::Path>) -> anyhow::Result<()> {
     let mut table = String::from("| benchmark | result | target |\n|---|---|---|\n");
-    for (what, result, target) in &rows {
+    for (what, result, target) in rows {
         table.push_str(&format!("| {what} | {result} | {target} |\n"));
     }
     println!("\n{table}");
-    if let Some(out) = &args.out {
+    if let Some(out) = out {
         std::fs::write(out, &table).with_context(|| format!("write {}", out.display()))?;
     }
     Ok(())

@@ -185,7 +185,7 @@ async fn privileged_operations_are_refused() {
     assert_ne!(host.trim(), "evil");
     let out = r.sh("echo 3 > /proc/sys/vm/drop_caches").await;
     assert_ne!(out["exit_code"], 0, "{out}");
-    assert!(out["stderr"].as_str().unwrap().contains("Read-only file system"), "{out}");
+    assert!(out["stderr"].as_str().unwrap().contains("drop_caches: Permission denied"), "{out}");
     let caps = r.sh_ok("grep CapEff /proc/self/status").await;
     assert_eq!(caps.split_whitespace().nth(1), Some("0000000000000000"));
 }
@@ -211,7 +211,7 @@ async fn a_memory_bomb_is_killed_and_reported_as_out_of_memory() {
     let events = r.server().events(&r.session).await;
     let done = events.iter().find(|e| e["type"] == "tool.completed").expect("tool.completed");
     assert_eq!(done["outcome"], "error", "{done}");
-    assert!(done["result"].to_string().contains("killed: out of memory (limit 96 MiB)"), "{done}");
+    assert_eq!(done["output"]["error"], "killed: out of memory (limit 96 MiB)", "{done}");
     assert!(r.status().await["usage"]["oom_kills"].as_u64().unwrap() >= 1);
     r.sh_ok("true").await;
 }
@@ -350,7 +350,7 @@ async fn terminating_the_session_destroys_its_sandbox_and_workspace() {
     assert_eq!(s, 200);
     assert!(!r.dir.path().join("sandboxes/workspaces").join(&r.session).exists());
     let kinds = types(&r.server().events(&r.session).await);
-    assert_eq!(kinds.last().map(String::as_str), Some("sandbox.destroyed"), "{kinds:?}");
+    assert_eq!(kinds[kinds.len() - 2..], ["sandbox.destroyed", "session.terminated"], "{kinds:?}");
     let (s, v) = r.server().post(&format!("/v1/sessions/{}/sandbox/exec", r.session), json!({"command": "true"})).await;
     assert_eq!(s, 409, "{v}");
 }
@@ -417,11 +417,7 @@ async fn cli_exec_and_cp() {
 
 #[tokio::test]
 async fn an_agent_writes_a_program_runs_it_and_answers_with_its_output() {
-    let script = r#"{ tool_calls = [{ name = "fs.write", arguments = { path = "fib.py", content = "a, b = 0, 1
-for _ in range(30):
-    a, b = b, a + b
-print(a)
-" } }] },
+    let script = r#"{ tool_calls = [{ name = "fs.write", arguments = { path = "fib.py", content = "a, b = 0, 1\nfor _ in range(30):\n    a, b = b, a + b\nprint(a)\n" } }] },
   { tool_calls = [{ name = "shell.exec", arguments = { command = "python3 fib.py" } }] },
   { text = "fib(30) is {tool_results}" }"#;
     let r = rig_with_script("", script).await;

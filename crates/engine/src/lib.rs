@@ -292,6 +292,10 @@ impl Engine {
             .map(|t| EventData::TurnCancelRequested { turn_id: t.turn_id.clone(), reason: "session terminated".into() }.into())
             .collect();
         events.push(EventData::SessionTerminated { reason: reason.to_owned() }.into());
+        // First, so that `sandbox.destroyed` lands before the session closes.
+        if let Some(sandboxes) = &self.inner.sandboxes {
+            sandboxes.end_session(&id.to_string(), true).await?;
+        }
         match self.client_append(id, None, events).await {
             Ok(_) | Err(EngineError::SessionTerminated(_)) => {}
             Err(e) => return Err(e),
@@ -301,9 +305,6 @@ impl Engine {
         }
         if !unfinished.is_empty() {
             executor::ensure_running(&self.inner, id);
-        }
-        if let Some(sandboxes) = &self.inner.sandboxes {
-            sandboxes.end_session(&id.to_string(), true).await?;
         }
         self.get_session(id).await
     }

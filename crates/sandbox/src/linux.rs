@@ -151,6 +151,11 @@ impl SandboxDriver for LinuxDriver {
         Ok(Box::new(LinuxSandbox { pid, ..sandbox }))
     }
 
+    async fn release_workspaces(&self) {
+        let root = self.workspaces();
+        let _ = tokio::task::spawn_blocking(move || Workspace::release_all(&root)).await;
+    }
+
     async fn delete_workspace(&self, session: &str) -> Result<(), SandboxError> {
         let (root, name) = (self.workspaces(), session.to_owned());
         tokio::task::spawn_blocking(move || Workspace::delete(&root, &name))

@@ -100,6 +100,7 @@ impl SandboxManager {
                 sb.destroy().await;
             }
         }
+        self.driver.release_workspaces().await;
     }
 }
 

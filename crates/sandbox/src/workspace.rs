@@ -49,6 +49,19 @@ impl Workspace {
         Ok(Workspace { dir, image: Some(image) })
     }
 
+    /// Unmounts every workspace under `root` (their files stay).
+    pub fn release_all(root: &Path) {
+        let Ok(entries) = fs::read_dir(root) else { return };
+        for entry in entries.flatten() {
+            let mnt = entry.path().join("mnt");
+            if mnt.exists() && is_mountpoint(&mnt).unwrap_or(false) {
+                if let Err(e) = run(Command::new("umount").arg(&mnt)) {
+                    tracing::warn!(error = %e, "workspace not released");
+                }
+            }
+        }
+    }
+
     /// Unmounts (if mounted) and deletes the workspace for good.
     pub fn delete(root: &Path, session: &str) -> io::Result<()> {
         let base = root.join(session);

@@ -255,7 +255,9 @@ fn exec_result(response: Response, killed_by: Option<String>, seconds: u64) -> R
     if timed_out {
         return Err(ToolError::Failed(format!("timed out after {seconds} s; stdout so far: {}", tail(&stdout))));
     }
-    if let (Some(cause), Some(9)) = (killed_by, status.signal) {
+    // SIGKILL, seen directly or through a shell's exit code 137.
+    let killed = status.signal == Some(9) || status.code == Some(137);
+    if let (Some(cause), true) = (killed_by, killed) {
         return Err(ToolError::Failed(cause));
     }
     Ok(json!({"exit_code": status.code, "signal": status.signal, "stdout": stdout, "stderr": stderr, "duration_ms": duration_ms}))

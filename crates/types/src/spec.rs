@@ -359,6 +359,9 @@ impl AgentSpec {
             }
         }
         let mut names: Vec<&str> = builtins.iter().map(String::as_str).collect();
+        if self.sandbox.is_some() {
+            names.extend(crate::sandbox::SANDBOX_TOOLS);
+        }
         for (i, t) in self.tools.http.iter().enumerate() {
             let p = format!("tools.http[{i}]");
             if !is_tool_name(&t.name) {

@@ -111,11 +111,7 @@ fn start(config: &SandboxConfig) -> Result<(Pid, i32), String> {
         ForkResult::Child => {
             drop(up_read);
             drop(down_write);
-            let code = match namespaced_child(config, up_write, down_read) {
-                Ok(code) => code,
-                Err(_) => 1,
-            };
-            std::process::exit(code)
+            std::process::exit(namespaced_child(config, up_write, down_read).unwrap_or(1))
         }
         ForkResult::Parent { child } => {
             drop(up_write);
