@@ -139,6 +139,11 @@ async fn openapi_document_covers_every_route() {
         "/v1/sessions/{id}/turns/{turn_id}/cancel",
         "/v1/sessions/{id}/events",
         "/v1/sessions/{id}/verify",
+        "/v1/sessions/{id}/sandbox",
+        "/v1/sessions/{id}/sandbox/exec",
+        "/v1/sessions/{id}/sandbox/standby",
+        "/v1/sessions/{id}/sandbox/resume",
+        "/v1/sessions/{id}/files/{path}",
     ] {
         assert!(paths.contains_key(route), "openapi.json lacks {route}");
     }
