@@ -120,6 +120,9 @@ struct FileConfig {
     otel_protocol: Option<String>,
     otel_capture_content: Option<bool>,
     mcp_stdio_on_host: Option<bool>,
+    sandbox_driver: Option<String>,
+    sandbox_agent: Option<String>,
+    sandbox_uid_base: Option<u32>,
 }
 
 impl Config {
@@ -145,7 +148,10 @@ impl Config {
                 otel_endpoint,
                 otel_protocol,
                 otel_capture_content,
-                mcp_stdio_on_host
+                mcp_stdio_on_host,
+                sandbox_driver,
+                sandbox_agent,
+                sandbox_uid_base
             );
         }
         c = c.with_env(std::env::vars())?;
@@ -226,9 +232,11 @@ mod tests {
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nlease-ttl-seconds = 10\n").unwrap();
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nlease-ttl-seconds = 10\nsandbox-driver = \"none\"\nsandbox-uid-base = 5000\n")
+            .unwrap();
         let c = Config::load(Some(&path), Overrides::default()).unwrap();
         assert_eq!((c.listen.port(), c.lease_ttl_seconds), (9000, 10));
+        assert_eq!((c.sandbox_driver.as_str(), c.sandbox_uid_base), ("none", 5000));
         let o = Overrides { listen: Some("127.0.0.1:9001".parse().unwrap()), ..Default::default() };
         assert_eq!(Config::load(Some(&path), o).unwrap().listen.port(), 9001);
     }

@@ -37,6 +37,8 @@ pub struct LinuxConfig {
 pub struct LinuxDriver {
     config: LinuxConfig,
     cgroups: Option<CgroupVersion>,
+    /// The sandboxes' `/etc`, copied from the host's at start.
+    etc: Option<PathBuf>,
 }
 
 impl LinuxDriver {
@@ -45,7 +47,14 @@ impl LinuxDriver {
         if cgroups.is_none() {
             tracing::warn!("sandboxes run without cgroup limits (needs root and cgroup v1 or v2)");
         }
-        let driver = LinuxDriver { config, cgroups };
+        let etc = match prepare_etc(&config.dir.join("etc")) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                tracing::warn!(error = %e, "sandboxes bind /etc entries one by one");
+                None
+            }
+        };
+        let driver = LinuxDriver { config, cgroups, etc };
         driver.clean_up_previous_run();
         driver
     }
@@ -122,6 +131,7 @@ impl SandboxDriver for LinuxDriver {
             socket: socket.clone(),
             workspace: workspace.dir.clone(),
             rootfs: spec.rootfs.as_ref().map(PathBuf::from),
+            etc: self.etc.clone(),
             uid,
             gid: uid,
             tmp_bytes: spec.tmp_mb << 20,
@@ -163,6 +173,23 @@ impl SandboxDriver for LinuxDriver {
             .map_err(|e| SandboxError::Internal(e.to_string()))?
             .map_err(|e| SandboxError::Internal(format!("delete workspace: {e}")))
     }
+}
+
+/// Copies the host's `/etc` entries sandboxes see into `dir` (fresh at
+/// every start, so it follows the host's updates).
+fn prepare_etc(dir: &Path) -> std::io::Result<PathBuf> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let entries: Vec<&str> = agentrt_sandbox_agent::setup::ETC_ENTRIES
+        .iter()
+        .copied()
+        .filter(|e| Path::new("/etc").join(e).symlink_metadata().is_ok())
+        .collect();
+    let out = std::process::Command::new("cp").current_dir("/etc").args(["-a", "--parents"]).args(&entries).arg(dir).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!("cp: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(dir.to_owned())
 }
 
 /// Starts the supervisor and waits for its ready line.

@@ -17,6 +17,8 @@
 mod harden;
 mod mounts;
 
+pub use mounts::ETC_ENTRIES;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -42,6 +44,10 @@ pub struct SandboxConfig {
     /// Mounted read-only as `/` instead of the host's system directories.
     #[serde(default)]
     pub rootfs: Option<PathBuf>,
+    /// A prepared copy of the [`ETC_ENTRIES`] of the host's `/etc`, bound
+    /// as `/etc` in one mount; without it each entry is bound on its own.
+    #[serde(default)]
+    pub etc: Option<PathBuf>,
     /// Host uid and gid that sandbox root maps to. Ignored when the
     /// supervisor is not root: then sandbox root is the caller's own uid.
     pub uid: u32,
