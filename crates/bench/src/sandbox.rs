@@ -55,8 +55,15 @@ pub async fn measure(agent: &Path, tmp: &Path, rounds: usize, standby: usize) ->
     // session's later sandboxes do.
     driver.create(session, &spec()).await?.destroy().await;
 
-    let mut cold = Vec::new();
+    // Cold starts alternate with bwrap's, so that both meet the same noise
+    // (including the kernel tearing down the previous run's namespaces).
+    let workspace = dir.path().join("workspaces").join(session).join("mnt");
+    let bwrap = which("bwrap").map(|b| (b, bwrap_args(&workspace)));
+    let (mut cold, mut bwrap_cold) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
+        if let Some((program, args)) = &bwrap {
+            bwrap_cold.push(bwrap_once(program, args)?);
+        }
         let started = Instant::now();
         let sb = driver.create(session, &spec()).await?;
         run_true(sb.as_ref()).await?;
@@ -81,12 +88,6 @@ pub async fn measure(agent: &Path, tmp: &Path, rounds: usize, standby: usize) ->
         resume.push(started.elapsed());
     }
     sb.destroy().await;
-
-    let workspace = dir.path().join("workspaces").join(session).join("mnt");
-    let bwrap_cold = match which("bwrap") {
-        Some(bwrap) => Some(bwrap_cold(&bwrap, &workspace, rounds)?),
-        None => None,
-    };
 
     // Many sandboxes frozen at once: memory they hold, and thawing one.
     let mut frozen = Vec::new();
@@ -114,7 +115,7 @@ pub async fn measure(agent: &Path, tmp: &Path, rounds: usize, standby: usize) ->
 
     Ok(SandboxBench {
         cold: Stats::of(cold),
-        bwrap_cold,
+        bwrap_cold: bwrap.map(|_| Stats::of(bwrap_cold)),
         exec: Stats::of(exec),
         pause: Stats::of(pause),
         resume: Stats::of(resume),
@@ -124,20 +125,20 @@ pub async fn measure(agent: &Path, tmp: &Path, rounds: usize, standby: usize) ->
     })
 }
 
-/// `bwrap` with the same namespaces and mounts as the `linux` driver
-/// (read-only system directories and /etc, the workspace, a tmpfs /tmp, a
-/// minimal /dev, a fresh /proc), timed from spawn to `/bin/true`'s exit.
-fn bwrap_cold(bwrap: &Path, workspace: &Path, rounds: usize) -> anyhow::Result<Stats> {
+/// `bwrap` arguments for the same namespaces and mounts as the `linux`
+/// driver: read-only system directories and /etc, the workspace, a tmpfs
+/// /tmp, a minimal /dev, a fresh /proc; it runs `/bin/true`.
+fn bwrap_args(workspace: &Path) -> Vec<String> {
     let mut args: Vec<String> =
         ["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--die-with-parent"]
             .map(String::from)
             .to_vec();
     for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"] {
-        let meta = std::fs::symlink_metadata(dir);
-        match meta {
+        match std::fs::symlink_metadata(dir) {
             Ok(m) if m.file_type().is_symlink() => {
-                let target = std::fs::read_link(dir)?;
-                args.extend(["--symlink".into(), target.display().to_string(), dir.into()]);
+                if let Ok(target) = std::fs::read_link(dir) {
+                    args.extend(["--symlink".into(), target.display().to_string(), dir.into()]);
+                }
             }
             Ok(_) => args.extend(["--ro-bind".into(), dir.into(), dir.into()]),
             Err(_) => {}
@@ -148,16 +149,18 @@ fn bwrap_cold(bwrap: &Path, workspace: &Path, rounds: usize) -> anyhow::Result<S
         ["--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc", "--hostname", "sandbox", "--chdir", "/workspace", "/bin/true"]
             .map(String::from),
     );
-    let mut samples = Vec::new();
-    for _ in 0..rounds {
-        let started = Instant::now();
-        let status = Command::new(bwrap).args(&args).status().context("run bwrap")?;
-        samples.push(started.elapsed());
-        if !status.success() {
-            bail!("bwrap failed: {status}");
-        }
+    args
+}
+
+/// One bwrap run, from spawn to `/bin/true`'s exit.
+fn bwrap_once(bwrap: &Path, args: &[String]) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let status = Command::new(bwrap).args(args).status().context("run bwrap")?;
+    let took = started.elapsed();
+    if !status.success() {
+        bail!("bwrap failed: {status}");
     }
-    Ok(Stats::of(samples))
+    Ok(took)
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -94,7 +94,7 @@ fn sandbox_driver(config: &Config) -> Option<Arc<dyn agentrt_sandbox::SandboxDri
     let agent = if config.sandbox_agent.is_empty() {
         let exe = std::env::current_exe().unwrap_or_else(|_| "agentrt".into());
         let beside = exe.with_file_name("agentrt-sandbox-agent");
-        if beside.exists() {
+        if speaks_our_protocol(&beside) {
             vec![beside.to_string_lossy().into_owned()]
         } else {
             vec![exe.to_string_lossy().into_owned(), crate::SANDBOX_AGENT_ARG.to_owned()]
@@ -104,4 +104,17 @@ fn sandbox_driver(config: &Config) -> Option<Arc<dyn agentrt_sandbox::SandboxDri
     };
     let linux = agentrt_sandbox::linux::LinuxConfig { dir: config.data_dir.join("sandboxes"), agent, uid_base: config.sandbox_uid_base };
     Some(Arc::new(agentrt_sandbox::linux::LinuxDriver::new(linux)))
+}
+
+/// Whether `program` is an agent of this runtime's protocol version (a
+/// stale build beside a rebuilt `agentrt` is not).
+fn speaks_our_protocol(program: &std::path::Path) -> bool {
+    let Ok(out) = std::process::Command::new(program).arg("version").output() else { return false };
+    let ours = agentrt_sandbox::protocol::PROTOCOL_VERSION.to_string();
+    let theirs = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() && theirs == ours {
+        return true;
+    }
+    tracing::warn!(program = %program.display(), theirs, ours, "sandbox agent speaks another protocol version; using agentrt itself");
+    false
 }

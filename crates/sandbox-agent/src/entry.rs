@@ -1,19 +1,28 @@
 //! The agent's command line, shared by its own binary and by `agentrt
 //! __sandbox-agent …`: `serve SOCKET [WORKSPACE]` serves on a Unix socket
 //! with no isolation of its own (for drivers whose boundary is elsewhere,
-//! such as a VM, and for tests); `sandbox CONFIG_JSON` builds a `linux`
-//! sandbox and serves inside it as PID 1.
+//! such as a VM, and for tests); `sandbox CONFIG_JSON` (or `sandbox -`,
+//! reading it from stdin) builds a `linux` sandbox and serves inside it as
+//! PID 1; `version` prints the protocol version.
 
 use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 
 use crate::server::{serve, ServerConfig};
-use crate::setup::{supervise, SandboxConfig};
+use crate::setup::{supervise, supervise_from_stdin, SandboxConfig};
 
 /// Runs the agent with these arguments (without the program name). Call
 /// it before starting any thread: `sandbox` forks.
 pub fn run(args: &[String]) -> ExitCode {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["version"] => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", crate::protocol::PROTOCOL_VERSION);
+            }
+            ExitCode::SUCCESS
+        }
+        ["sandbox", "-"] => ExitCode::from(supervise_from_stdin().clamp(0, 255) as u8),
         ["sandbox", config] => match serde_json::from_str::<SandboxConfig>(config) {
             Ok(config) => ExitCode::from(supervise(&config).clamp(0, 255) as u8),
             Err(e) => fail(&format!("bad sandbox config: {e}")),
@@ -30,7 +39,7 @@ pub fn run(args: &[String]) -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
-        _ => fail("usage: agentrt-sandbox-agent serve SOCKET [WORKSPACE] | sandbox CONFIG_JSON"),
+        _ => fail("usage: agentrt-sandbox-agent serve SOCKET [WORKSPACE] | sandbox CONFIG_JSON | sandbox - | version"),
     }
 }
 

@@ -13,7 +13,7 @@ use agentrt_sandbox_agent::protocol::{Request, Response};
 use agentrt_sandbox_agent::setup::{Ready, SandboxConfig};
 use agentrt_types::sandbox::SandboxSpec;
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
@@ -39,6 +39,9 @@ pub struct LinuxDriver {
     cgroups: Option<CgroupVersion>,
     /// The sandboxes' `/etc`, copied from the host's at start.
     etc: Option<PathBuf>,
+    /// A supervisor started ahead of need, so that a cold start does not
+    /// wait for the agent program to load.
+    spare: Mutex<Option<Child>>,
 }
 
 impl LinuxDriver {
@@ -54,7 +57,7 @@ impl LinuxDriver {
                 None
             }
         };
-        let driver = LinuxDriver { config, cgroups, etc };
+        let driver = LinuxDriver { config, cgroups, etc, spare: Mutex::new(None) };
         driver.clean_up_previous_run();
         driver
     }
@@ -69,6 +72,18 @@ impl LinuxDriver {
                 Cgroup::existing(version, &id).destroy();
             }
             let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+
+    /// A supervisor ready for a config: the one started ahead, if it is
+    /// still alive, and a new one started ahead for next time.
+    fn supervisor(&self) -> Result<Child, SandboxError> {
+        let mut spare = self.spare.lock().expect("spare supervisor lock");
+        let ready = spare.take().and_then(|mut c| matches!(c.try_wait(), Ok(None)).then_some(c));
+        *spare = spawn_supervisor(&self.config.agent).ok();
+        match ready {
+            Some(child) => Ok(child),
+            None => spawn_supervisor(&self.config.agent),
         }
     }
 
@@ -149,7 +164,7 @@ impl SandboxDriver for LinuxDriver {
             pid: 0,
             memory_mb: spec.memory_mb,
         };
-        let (child, pid) = match start_agent(&self.config.agent, &config).await {
+        let (child, pid) = match start_agent(self.supervisor()?, &config).await {
             Ok(started) => started,
             Err(e) => {
                 sandbox.destroy().await;
@@ -192,20 +207,27 @@ fn prepare_etc(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(dir.to_owned())
 }
 
-/// Starts the supervisor and waits for its ready line.
-async fn start_agent(agent: &[String], config: &SandboxConfig) -> Result<(Child, i32), SandboxError> {
+/// Starts a supervisor that waits for its config on stdin.
+fn spawn_supervisor(agent: &[String]) -> Result<Child, SandboxError> {
     let (program, args) = agent.split_first().ok_or_else(|| SandboxError::Setup("no sandbox agent program configured".into()))?;
-    let json = serde_json::to_string(config).map_err(|e| SandboxError::Internal(e.to_string()))?;
-    let mut child = Command::new(program)
+    Command::new(program)
         .args(args)
-        .arg("sandbox")
-        .arg(json)
-        .stdin(Stdio::null())
+        .args(["sandbox", "-"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| SandboxError::Setup(format!("start the sandbox agent {program:?}: {e}")))?;
+        .map_err(|e| SandboxError::Setup(format!("start the sandbox agent {program:?}: {e}")))
+}
+
+/// Hands `config` to a supervisor and waits for its ready line.
+async fn start_agent(mut child: Child, config: &SandboxConfig) -> Result<(Child, i32), SandboxError> {
+    let mut json = serde_json::to_vec(config).map_err(|e| SandboxError::Internal(e.to_string()))?;
+    json.push(b'\n');
+    let mut stdin = child.stdin.take().ok_or_else(|| SandboxError::Internal("no agent stdin".into()))?;
+    stdin.write_all(&json).await.map_err(|e| SandboxError::Setup(format!("send the sandbox config: {e}")))?;
+    drop(stdin);
     let stdout = child.stdout.take().ok_or_else(|| SandboxError::Internal("no agent stdout".into()))?;
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(10), BufReader::new(stdout).read_line(&mut line)).await;

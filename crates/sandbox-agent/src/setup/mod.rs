@@ -1,13 +1,13 @@
 //! Builds a `linux` sandbox around the agent, then serves inside it.
 //!
-//! The runtime starts `agentrt-sandbox-agent sandbox CONFIG_JSON`. That
-//! process (the *supervisor*, still on the host) joins the sandbox's
-//! cgroups and forks a child that unshares user, mount, pid, network, IPC,
-//! UTS and cgroup namespaces. The supervisor writes the child's uid/gid maps
-//! (sandbox root = an unprivileged host uid), and the child forks the
-//! sandbox's PID 1, which builds the root filesystem ([`mounts`]), binds the
-//! agent's socket, pivots into the new root, hardens itself ([`harden`]) and
-//! serves. The supervisor prints one JSON line on stdout — `{"ready": true,
+//! The runtime starts `agentrt-sandbox-agent sandbox CONFIG_JSON` (or
+//! `sandbox -`, reading the config from stdin, for a supervisor started
+//! ahead of need). That process (the *supervisor*, still on the host) joins
+//! the sandbox's cgroups and clones the sandbox's PID 1 into new user,
+//! mount, pid, network, IPC, UTS and cgroup namespaces. The supervisor
+//! writes PID 1's uid/gid maps (sandbox root = an unprivileged host uid);
+//! PID 1 builds the root filesystem ([`mounts`]), binds the agent's socket,
+//! pivots into the new root, hardens itself ([`harden`]) and serves. The supervisor prints one JSON line on stdout — `{"ready": true,
 //! "pid": N}` with PID 1's host pid, or `{"ready": false, "error": "…"}` —
 //! and exits when the sandbox does, so the runtime sees a dead sandbox as its
 //! child exiting.
@@ -21,13 +21,13 @@ pub use mounts::ETC_ENTRIES;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::CloneFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::server::{serve, ServerConfig};
@@ -75,7 +75,7 @@ pub struct Ready {
 }
 
 /// Runs the supervisor; returns its exit code. Must be called while the
-/// process is single-threaded (it forks).
+/// process is single-threaded (it clones).
 pub fn supervise(config: &SandboxConfig) -> i32 {
     // Die with the runtime: a SIGKILLed runtime leaves no sandbox behind.
     let parent = nix::unistd::getppid();
@@ -89,11 +89,15 @@ pub fn supervise(config: &SandboxConfig) -> i32 {
         let _ = out.flush();
     };
     match start(config) {
-        Ok((child, pid)) => {
-            report(Ready { ready: true, pid: Some(pid), error: None });
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => code,
-                _ => 1,
+        Ok(child) => {
+            report(Ready { ready: true, pid: Some(child.as_raw()), error: None });
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return code,
+                    Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
+                    Ok(_) => continue,
+                    Err(_) => return 1,
+                }
             }
         }
         Err(error) => {
@@ -103,65 +107,72 @@ pub fn supervise(config: &SandboxConfig) -> i32 {
     }
 }
 
-/// Forks the namespaced child and waits until PID 1 serves; returns the
-/// child and PID 1's host pid.
-fn start(config: &SandboxConfig) -> Result<(Pid, i32), String> {
+/// Reads a config as one JSON line on stdin, then supervises. A runtime
+/// keeps one such process started ahead, so that a cold start does not
+/// wait for a program to load.
+pub fn supervise_from_stdin() -> i32 {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+        return 1;
+    }
+    match serde_json::from_str::<SandboxConfig>(&line) {
+        Ok(config) => supervise(&config),
+        Err(e) => {
+            let ready = Ready { ready: false, pid: None, error: Some(format!("bad sandbox config: {e}")) };
+            let _ = serde_json::to_writer(std::io::stdout(), &ready);
+            let _ = std::io::stdout().write_all(b"\n");
+            1
+        }
+    }
+}
+
+/// Clones PID 1 into new namespaces, maps its ids and waits until it
+/// serves; returns its (host) pid.
+fn start(config: &SandboxConfig) -> Result<Pid, String> {
     for procs in &config.cgroup_procs {
         std::fs::write(procs, std::process::id().to_string()).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
     let (up_read, up_write) = pipe()?;
     let (down_read, down_write) = pipe()?;
-    // SAFETY: the supervisor is single-threaded here; the child only makes
-    // syscalls and exits.
-    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child => {
-            drop(up_read);
-            drop(down_write);
-            std::process::exit(namespaced_child(config, up_write, down_read).unwrap_or(1))
-        }
-        ForkResult::Parent { child } => {
-            drop(up_write);
-            drop(down_read);
-            let mut up = File::from(up_read);
-            let mut down = File::from(down_write);
-            expect(&mut up, b'u', child)?;
-            write_id_maps(child, config)?;
-            down.write_all(b"g").map_err(|e| format!("signal child: {e}"))?;
-            let mut message = String::new();
-            let _ = up.read_to_string(&mut message);
-            let mut pid = None;
-            let mut ready = false;
-            for line in message.lines() {
-                if let Some(p) = line.strip_prefix('p') {
-                    pid = p.parse().ok();
-                } else if line == "r" {
-                    ready = true;
-                } else if let Some(error) = line.strip_prefix('e') {
-                    let _ = waitpid(child, None);
-                    return Err(error.to_owned());
-                }
-            }
-            match (ready, pid) {
-                (true, Some(pid)) => Ok((child, pid)),
-                _ => {
-                    let _ = waitpid(child, None);
-                    Err("the sandbox exited during setup".into())
-                }
-            }
-        }
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWCGROUP;
+    let mut stack = vec![0u8; 512 * 1024];
+    let (up_fd, down_fd) = (up_write.as_raw_fd(), down_read.as_raw_fd());
+    let pid1 = Box::new(|| {
+        // SAFETY: in the child these descriptors are owned only by the
+        // copies of `up_write`/`down_read`, which are never dropped there
+        // (the child exits from `init`); so taking them over is sound, and
+        // the supervisor sees the end of the pipe when PID 1 closes it.
+        let (up, down) = unsafe { (File::from_raw_fd(up_fd), File::from_raw_fd(down_fd)) };
+        init(config, up, down)
+    });
+    // SAFETY: the supervisor is single-threaded; the child runs on its own
+    // stack in a copy of the address space and never returns into ours.
+    let child = unsafe { nix::sched::clone(pid1, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(|e| format!("clone into new namespaces: {e}"))?;
+    drop(up_write);
+    drop(down_read);
+    let mut up = File::from(up_read);
+    let mut down = File::from(down_write);
+    let fail = |e: String| {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        e
+    };
+    write_id_maps(child, config).map_err(fail)?;
+    down.write_all(b"g").map_err(|e| fail(format!("signal PID 1: {e}")))?;
+    let mut message = String::new();
+    let _ = up.read_to_string(&mut message);
+    match message.lines().next() {
+        Some("r") => Ok(child),
+        Some(line) if line.starts_with('e') => Err(fail(line[1..].to_owned())),
+        _ => Err(fail("the sandbox exited during setup".into())),
     }
-}
-
-/// Reads one byte and checks it, or reports the child's error.
-fn expect(up: &mut File, byte: u8, child: Pid) -> Result<(), String> {
-    let mut got = [0u8; 1];
-    if up.read_exact(&mut got).is_ok() && got[0] == byte {
-        return Ok(());
-    }
-    let mut rest = String::new();
-    let _ = up.read_to_string(&mut rest);
-    let _ = waitpid(child, None);
-    Err(rest.strip_prefix('e').map(str::to_owned).unwrap_or_else(|| "the sandbox exited during setup".into()))
 }
 
 /// Maps sandbox root to the configured host ids (as root) or to our own.
@@ -177,66 +188,25 @@ fn write_id_maps(child: Pid, config: &SandboxConfig) -> Result<(), String> {
     std::fs::write(format!("{proc}/gid_map"), format!("0 {gid} 1\n")).map_err(|e| format!("gid_map: {e}"))
 }
 
-/// In new namespaces: waits for the id maps, then forks PID 1 and waits for it.
-fn namespaced_child(config: &SandboxConfig, up: OwnedFd, down: OwnedFd) -> Result<i32, ()> {
-    let mut up = File::from(up);
-    let fail = |up: &mut File, msg: String| {
-        let _ = up.write_all(format!("e{}\n", msg.replace('\n', " ")).as_bytes());
-    };
-    let flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWNET
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWCGROUP;
-    if let Err(e) = unshare(flags) {
-        fail(&mut up, format!("unshare namespaces: {e}"));
-        return Err(());
-    }
-    die_with_parent().map_err(|_| ())?;
-    up.write_all(b"u").map_err(|_| ())?;
-    let mut go = [0u8; 1];
-    File::from(down).read_exact(&mut go).map_err(|_| ())?;
-    if let Err(e) = become_root() {
-        fail(&mut up, e);
-        return Err(());
-    }
-    // SAFETY: single-threaded; the child goes on to build the sandbox.
-    match unsafe { fork() } {
-        Err(e) => {
-            fail(&mut up, format!("fork PID 1: {e}"));
-            Err(())
-        }
-        Ok(ForkResult::Child) => init(config, up),
-        Ok(ForkResult::Parent { child }) => {
-            let _ = up.write_all(format!("p{child}\n").as_bytes());
-            drop(up);
-            loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                    Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
-                    Ok(_) => continue,
-                    Err(_) => return Err(()),
-                }
-            }
-        }
-    }
-}
-
-/// PID 1: builds the filesystem, binds the socket, hardens, reports ready
+/// PID 1, in the new namespaces: waits for its id maps, becomes root
+/// there, builds the filesystem, binds the socket, hardens, reports ready
 /// (closing the pipe, so the supervisor stops reading) and serves.
-fn init(config: &SandboxConfig, mut up: File) -> ! {
-    let listener = match prepare(config) {
+fn init(config: &SandboxConfig, mut up: File, mut down: File) -> isize {
+    let mut go = [0u8; 1];
+    if down.read_exact(&mut go).is_err() {
+        return 1;
+    }
+    drop(down);
+    let listener = match become_root().and_then(|()| prepare(config)) {
         Ok(listener) => listener,
         Err(msg) => {
             let _ = up.write_all(format!("e{}\n", msg.replace('\n', " ")).as_bytes());
-            std::process::exit(1)
+            return 1;
         }
     };
     // Set last: changing credentials (capabilities, landlock) clears it.
     if die_with_parent().is_err() || up.write_all(b"r\n").is_err() {
-        std::process::exit(1)
+        return 1;
     }
     drop(up);
     let config = ServerConfig { workspace: "/workspace".into(), env: config.env.clone(), init: true };
