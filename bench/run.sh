@@ -14,7 +14,10 @@ PEER_RUNS=${PEER_RUNS:-5}
 OUT=docs/benchmarks.md
 
 echo "== build (release)"
-cargo build --release --locked -p agentrt-cli -p agentrt-bench
+cargo build --release --locked -p agentrt-cli -p agentrt-bench -p agentrt-sandbox-agent
+
+echo "== peer: bwrap (Debian's bubblewrap) for the sandbox cold start"
+command -v bwrap >/dev/null || apt-get install -y -q bubblewrap >/dev/null
 
 echo "== peer: LangGraph (venv in bench/.venv)"
 if [ ! -x bench/.venv/bin/python ]; then
