@@ -10,6 +10,18 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+# The sandbox tests run real sandboxes: they need root, mkfs.ext4 and mount
+# (loop devices), and python3 and bash in the host's /usr, which sandboxes
+# see read-only.
+missing=""
+for tool in mkfs.ext4:e2fsprogs mount:mount /usr/bin/python3:python3 bash:bash; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool##*:}"
+done
+if [ -n "$missing" ]; then
+    echo "installing$missing"
+    apt-get install -y -q $missing >/dev/null
+fi
+
 # Python packages used as independent test peers (e.g. the official
 # Prometheus parser), in a venv the tests find through AGENTRT_TEST_PYTHON.
 if [ ! -x target/test-venv/bin/python ]; then
