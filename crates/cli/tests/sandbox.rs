@@ -230,8 +230,9 @@ async fn a_cpu_hog_is_throttled_and_other_sessions_are_not() {
     let (a, b) = tokio::join!(r.server().post(&url_a, json!({"command": spin})), r.server().post(&url_b, json!({"command": spin})));
     let cpu = |v: &Value| v["stdout"].as_str().unwrap().trim().parse::<f64>().unwrap();
     let (throttled, free) = (cpu(&a.1), cpu(&b.1));
-    assert!(throttled < 0.6, "0.2 cores for 1.5 s used {throttled} s of CPU");
-    assert!(free > 0.9, "the other session, with a core of its own, is not held back: {free}");
+    // 0.2 cores for 1.5 s is 0.3 s of CPU (a quota is a ceiling, so this holds under any load).
+    assert!(throttled < 0.45, "0.2 cores for 1.5 s used {throttled} s of CPU");
+    assert!(free > 1.5 * throttled, "the other session, with a core of its own, is not held back: {free} vs {throttled}");
 }
 
 #[tokio::test]
@@ -265,11 +266,12 @@ async fn a_background_process_keeps_its_state_across_standby_and_resume() {
     assert_eq!(later, frozen_at, "a frozen process made progress");
     // The next call thaws it, and the same process counts on from where it stopped.
     let resumed = count().await;
-    assert!(resumed >= frozen_at && resumed < frozen_at + 5, "{frozen_at} → {resumed}: restarted rather than resumed?");
+    assert!(resumed >= frozen_at, "{frozen_at} → {resumed}: restarted rather than resumed?");
     eventually(10, "the counter goes on", async || count().await > resumed + 5).await;
     let events = r.server().events(&r.session).await;
     let kinds = types(&events);
-    assert!(kinds.contains(&"sandbox.standby".into()) && kinds.contains(&"sandbox.resumed".into()), "{kinds:?}");
+    let lifecycle: Vec<&String> = kinds.iter().filter(|k| k.starts_with("sandbox.")).collect();
+    assert_eq!(lifecycle, ["sandbox.created", "sandbox.standby", "sandbox.resumed"], "the same sandbox throughout");
 }
 
 /// The host path of a workspace file (root can look without waking the sandbox).

@@ -163,6 +163,7 @@ impl SandboxDriver for LinuxDriver {
             child: Mutex::new(None),
             pid: 0,
             memory_mb: spec.memory_mb,
+            workspace: workspace.clone(),
         };
         let (child, pid) = match start_agent(self.supervisor()?, &config).await {
             Ok(started) => started,
@@ -252,6 +253,7 @@ pub struct LinuxSandbox {
     /// PID 1's host pid: killing it ends every process of the sandbox.
     pid: i32,
     memory_mb: u64,
+    workspace: Workspace,
 }
 
 #[async_trait]
@@ -276,8 +278,14 @@ impl Sandbox for LinuxSandbox {
         self.freeze(false).await
     }
 
-    async fn snapshot(&self, _dest: &Path) -> Result<(), SandboxError> {
-        Err(SandboxError::Unsupported("workspace snapshots arrive with multi-node operation".into()))
+    async fn snapshot(&self, dest: &Path) -> Result<(), SandboxError> {
+        // Frozen processes write nothing; what they wrote is flushed first,
+        // so the copy is a consistent image of the file system.
+        self.freeze(true).await?;
+        let (workspace, dest) = (self.workspace.clone(), dest.to_owned());
+        let copied = tokio::task::spawn_blocking(move || workspace.snapshot(&dest)).await;
+        self.freeze(false).await?;
+        copied.map_err(|e| SandboxError::Internal(e.to_string()))?.map_err(|e| SandboxError::Internal(format!("snapshot: {e}")))
     }
 
     async fn destroy(&self) {

@@ -49,6 +49,23 @@ impl Workspace {
         Ok(Workspace { dir, image: Some(image) })
     }
 
+    /// Copies the workspace to `dest`: the image (sparse) after flushing its
+    /// file system, or the directory tree without a quota. Callers stop
+    /// writers first.
+    pub fn snapshot(&self, dest: &Path) -> io::Result<()> {
+        match &self.image {
+            Some(image) => {
+                // A frozen ext4 has its journal flushed and is marked clean,
+                // so the copy needs no recovery wherever it is attached next.
+                run(Command::new("fsfreeze").arg("-f").arg(&self.dir))?;
+                let copied = run(Command::new("cp").arg("--sparse=always").arg(image).arg(dest));
+                let thawed = run(Command::new("fsfreeze").arg("-u").arg(&self.dir));
+                copied.and(thawed)
+            }
+            None => run(Command::new("cp").arg("-a").arg(&self.dir).arg(dest)),
+        }
+    }
+
     /// Unmounts every workspace under `root` (their files stay).
     pub fn release_all(root: &Path) {
         let Ok(entries) = fs::read_dir(root) else { return };
