@@ -87,15 +87,18 @@ async fn the_breaker_opens_fails_fast_and_recovers() {
     assert_eq!((opened["state"].as_str(), opened["failures"].as_u64()), (Some("open"), Some(2)));
 
     // The server is healthy again: after the cool-down a probe closes the circuit.
+    // The probe that closes it may come in any of these sessions (a turn's
+    // first call can still meet the open circuit and a later one probe).
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut states: Vec<String> = Vec::new();
     loop {
         let s = server.session("breaker").await;
         let t = server.submit(&s, "again").await;
         server.wait_turn(&s, &t).await;
         let ev = server.events(&s).await;
+        states.extend(ev.iter().filter(|e| e["type"] == "tool.breaker").map(|e| e["state"].as_str().unwrap().to_owned()));
         if completed(&ev, "flaky").iter().all(|c| c["outcome"] == "ok") {
-            let states: Vec<&str> = ev.iter().filter(|e| e["type"] == "tool.breaker").map(|e| e["state"].as_str().unwrap()).collect();
-            assert_eq!(states, ["half_open", "closed"]);
+            assert!(states.ends_with(&["half_open".to_owned(), "closed".to_owned()]), "{states:?}");
             break;
         }
         assert!(Instant::now() < deadline, "the circuit never closed");

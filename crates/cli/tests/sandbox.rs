@@ -50,8 +50,17 @@ impl Drop for Rig {
     }
 }
 
-/// Unmounts workspaces a killed server left mounted under `dir`.
+/// Unmounts workspaces a killed server left mounted under `dir`, and
+/// removes the (empty) cgroups of its sandboxes, which a restarted server
+/// would have removed.
 fn unmount_under(dir: &Path) {
+    if let Ok(runs) = std::fs::read_dir(dir.join("sandboxes/run")) {
+        for run in runs.flatten() {
+            for controller in ["memory", "cpu", "cpuacct", "pids", "freezer"] {
+                let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(controller).join("agentrt").join(run.file_name()));
+            }
+        }
+    }
     let Ok(dir) = std::fs::canonicalize(dir) else { return };
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
@@ -446,4 +455,31 @@ async fn impossible_sandbox_specs_are_refused_at_apply() {
         assert_eq!(body["error"]["details"][0]["path"], path, "{body}");
         assert!(body["error"]["details"][0]["message"].as_str().unwrap().contains(needle), "{body}");
     }
+}
+
+#[tokio::test]
+async fn sandboxes_work_without_root_with_fewer_guarantees() {
+    assert!(nix_is_root(), "this test drops from root to nobody");
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+    let server = Server::start_command(cmd, dir.path());
+    server.apply("box", &spec("", "{ text = \"ok\" }")).await;
+    let session = server.session("box").await;
+    let exec = format!("/v1/sessions/{session}/sandbox/exec");
+    let (s, out) = server
+        .post(&exec, json!({"command": "id -u; cat /proc/self/uid_map; echo hi > /workspace/f; cat /workspace/f; touch /usr/x"}))
+        .await;
+    assert_eq!(s, 200, "{out}");
+    let stdout = out["stdout"].as_str().unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "0", "root inside: {out}");
+    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["0", "65534", "1"], "mapped to the runtime's own uid: {out}");
+    assert_eq!(lines[2], "hi");
+    assert!(out["stderr"].as_str().unwrap().contains("Read-only file system"), "{out}");
+    // No cgroups without root: no standby, said plainly.
+    let (s, v) = server.post(&format!("/v1/sessions/{session}/sandbox/standby"), json!({})).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("standby needs cgroups"), "{v}");
 }

@@ -68,35 +68,60 @@ const CFS_PERIOD_US: u64 = 100_000;
 impl Cgroup {
     /// Creates `agentrt/{name}` with the limits.
     pub fn create(version: CgroupVersion, name: &str, limits: Limits) -> io::Result<Cgroup> {
+        let cg = Cgroup::make(version, name)?;
+        cg.limit(limits)?;
+        Ok(cg)
+    }
+
+    /// Creates `agentrt/{name}` with no limits yet (the costly part of
+    /// [`Cgroup::create`], done ahead of need).
+    pub fn make(version: CgroupVersion, name: &str) -> io::Result<Cgroup> {
         let cg = Cgroup { version, name: name.to_owned() };
-        let quota = ((limits.cpu_cores * CFS_PERIOD_US as f64) as u64).max(1000);
         match version {
             CgroupVersion::V1 => {
                 for c in V1_CONTROLLERS {
                     fs::create_dir_all(cg.dir(c))?;
                 }
-                write(&cg.dir("memory"), "memory.limit_in_bytes", &limits.memory_bytes.to_string())?;
-                // Without swap accounting the file is absent; swappiness 0 then.
-                let _ = write(&cg.dir("memory"), "memory.memsw.limit_in_bytes", &limits.memory_bytes.to_string());
-                let _ = write(&cg.dir("memory"), "memory.swappiness", "0");
-                write(&cg.dir("cpu"), "cpu.cfs_period_us", &CFS_PERIOD_US.to_string())?;
-                write(&cg.dir("cpu"), "cpu.cfs_quota_us", &quota.to_string())?;
-                write(&cg.dir("pids"), "pids.max", &limits.pids.to_string())?;
             }
             CgroupVersion::V2 => {
                 let parent = Path::new(ROOT).join("agentrt");
                 fs::create_dir_all(&parent)?;
                 let _ = write(Path::new(ROOT), "cgroup.subtree_control", "+memory +cpu +pids");
                 write(&parent, "cgroup.subtree_control", "+memory +cpu +pids")?;
-                let dir = cg.dir("");
-                fs::create_dir_all(&dir)?;
+                fs::create_dir_all(cg.dir(""))?;
+            }
+        }
+        Ok(cg)
+    }
+
+    /// Sets the limits.
+    pub fn limit(&self, limits: Limits) -> io::Result<()> {
+        let quota = ((limits.cpu_cores * CFS_PERIOD_US as f64) as u64).max(1000);
+        match self.version {
+            CgroupVersion::V1 => {
+                let memory = self.dir("memory");
+                write(&memory, "memory.limit_in_bytes", &limits.memory_bytes.to_string())?;
+                // Without swap accounting the file is absent; swappiness 0 then.
+                let _ = write(&memory, "memory.memsw.limit_in_bytes", &limits.memory_bytes.to_string());
+                let _ = write(&memory, "memory.swappiness", "0");
+                write(&self.dir("cpu"), "cpu.cfs_period_us", &CFS_PERIOD_US.to_string())?;
+                write(&self.dir("cpu"), "cpu.cfs_quota_us", &quota.to_string())?;
+                write(&self.dir("pids"), "pids.max", &limits.pids.to_string())?;
+            }
+            CgroupVersion::V2 => {
+                let dir = self.dir("");
                 write(&dir, "memory.max", &limits.memory_bytes.to_string())?;
                 let _ = write(&dir, "memory.swap.max", "0");
                 write(&dir, "cpu.max", &format!("{quota} {CFS_PERIOD_US}"))?;
                 write(&dir, "pids.max", &limits.pids.to_string())?;
             }
         }
-        Ok(cg)
+        Ok(())
+    }
+
+    /// The cgroup's name (`agentrt/{name}` in each hierarchy).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// A handle on an existing cgroup (e.g. one a previous run left).

@@ -48,8 +48,8 @@ pub trait SandboxDriver: Send + Sync {
     async fn create(&self, session: &str, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError>;
     /// Deletes a session's workspace for good (its sandbox already destroyed).
     async fn delete_workspace(&self, session: &str) -> Result<(), SandboxError>;
-    /// Releases what workspaces hold on the host (mounts), at shutdown;
-    /// they are attached again on next use.
+    /// Releases what the driver holds on the host at shutdown (workspace
+    /// mounts, a cgroup made ahead); workspaces are attached again on next use.
     async fn release_workspaces(&self);
 }
 

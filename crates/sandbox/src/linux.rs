@@ -4,6 +4,7 @@
 //! cgroup and the directories, starts the agent's supervisor and keeps it
 //! as a child whose exit means the sandbox died.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -42,6 +43,10 @@ pub struct LinuxDriver {
     /// A supervisor started ahead of need, so that a cold start does not
     /// wait for the agent program to load.
     spare: Mutex<Option<Child>>,
+    /// A cgroup made ahead of need, without limits yet.
+    spare_cgroup: Mutex<Option<Cgroup>>,
+    /// Workspaces this process attached, by session.
+    attached: Mutex<HashMap<String, Workspace>>,
 }
 
 impl LinuxDriver {
@@ -57,7 +62,8 @@ impl LinuxDriver {
                 None
             }
         };
-        let driver = LinuxDriver { config, cgroups, etc, spare: Mutex::new(None) };
+        let driver =
+            LinuxDriver { config, cgroups, etc, spare: Mutex::new(None), spare_cgroup: Mutex::new(None), attached: Mutex::default() };
         driver.clean_up_previous_run();
         driver
     }
@@ -78,12 +84,26 @@ impl LinuxDriver {
     /// A supervisor ready for a config: the one started ahead, if it is
     /// still alive, and a new one started ahead for next time.
     fn supervisor(&self) -> Result<Child, SandboxError> {
-        let mut spare = self.spare.lock().expect("spare supervisor lock");
-        let ready = spare.take().and_then(|mut c| matches!(c.try_wait(), Ok(None)).then_some(c));
-        *spare = spawn_supervisor(&self.config.agent).ok();
-        match ready {
+        let spare = self.spare.lock().expect("spare supervisor lock").take();
+        match spare.and_then(|mut c| matches!(c.try_wait(), Ok(None)).then_some(c)) {
             Some(child) => Ok(child),
             None => spawn_supervisor(&self.config.agent),
+        }
+    }
+
+    /// Starts the next spare supervisor. Spawned from this async task's thread, a
+    /// runtime worker that lives as long as the runtime: a supervisor dies
+    /// with the thread that started it.
+    fn refill_spare(&self) {
+        let mut spare = self.spare.lock().expect("spare supervisor lock");
+        if spare.is_none() {
+            *spare = spawn_supervisor(&self.config.agent).ok();
+        }
+        if let Some(version) = self.cgroups {
+            let mut cgroup = self.spare_cgroup.lock().expect("spare cgroup lock");
+            if cgroup.is_none() {
+                *cgroup = Cgroup::make(version, &new_id()).ok();
+            }
         }
     }
 
@@ -113,12 +133,22 @@ impl SandboxDriver for LinuxDriver {
     async fn create(&self, session: &str, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
         let setup = |what: &str, e: &dyn std::fmt::Display| SandboxError::Setup(format!("{what}: {e}"));
         let uid = self.uid_for(session);
-        let (root, name, disk) = (self.workspaces(), session.to_owned(), spec.disk_mb);
-        let workspace = tokio::task::spawn_blocking(move || Workspace::open(&root, &name, disk, uid, uid))
-            .await
-            .map_err(|e| setup("workspace", &e))?
-            .map_err(|e| setup("workspace", &e))?;
-        let id = format!("sbx{:08x}", fastrand::u32(..));
+        let known = self.attached.lock().expect("attached workspaces lock").get(session).cloned();
+        let workspace = match known {
+            Some(workspace) => workspace,
+            None => {
+                let (root, name, disk) = (self.workspaces(), session.to_owned(), spec.disk_mb);
+                let workspace = tokio::task::spawn_blocking(move || Workspace::open(&root, &name, disk, uid, uid))
+                    .await
+                    .map_err(|e| setup("workspace", &e))?
+                    .map_err(|e| setup("workspace", &e))?;
+                self.attached.lock().expect("attached workspaces lock").insert(session.to_owned(), workspace.clone());
+                workspace
+            }
+        };
+        // A cgroup made ahead of need, if there is one: making it is most of its cost.
+        let made = self.spare_cgroup.lock().expect("spare cgroup lock").take();
+        let id = made.as_ref().map(|c| c.name().to_owned()).unwrap_or_else(new_id);
         let run = self.config.dir.join("run").join(&id);
         let new_root = run.join("r");
         std::fs::create_dir_all(&new_root).map_err(|e| setup("run directory", &e))?;
@@ -130,7 +160,12 @@ impl SandboxDriver for LinuxDriver {
         let cgroup = match self.cgroups {
             Some(version) => {
                 let limits = Limits { memory_bytes: spec.memory_mb << 20, cpu_cores: spec.cpu, pids: spec.pids };
-                Some(Cgroup::create(version, &id, limits).map_err(|e| setup("cgroup", &e))?)
+                let cg = match made {
+                    Some(cg) => cg,
+                    None => Cgroup::make(version, &id).map_err(|e| setup("cgroup", &e))?,
+                };
+                cg.limit(limits).map_err(|e| setup("cgroup limits", &e))?;
+                Some(cg)
             }
             None => None,
         };
@@ -165,7 +200,14 @@ impl SandboxDriver for LinuxDriver {
             memory_mb: spec.memory_mb,
             workspace: workspace.clone(),
         };
-        let (child, pid) = match start_agent(self.supervisor()?, &config).await {
+        let started = match send_config(self.supervisor()?, &config).await {
+            Ok(child) => await_ready(child).await,
+            Err(e) => Err(e),
+        };
+        // After, not during: on a small machine the next supervisor's start
+        // would take CPU from this one's setup.
+        self.refill_spare();
+        let (child, pid) = match started {
             Ok(started) => started,
             Err(e) => {
                 sandbox.destroy().await;
@@ -178,11 +220,16 @@ impl SandboxDriver for LinuxDriver {
     }
 
     async fn release_workspaces(&self) {
+        if let Some(cg) = self.spare_cgroup.lock().expect("spare cgroup lock").take() {
+            cg.destroy();
+        }
+        self.attached.lock().expect("attached workspaces lock").clear();
         let root = self.workspaces();
         let _ = tokio::task::spawn_blocking(move || Workspace::release_all(&root)).await;
     }
 
     async fn delete_workspace(&self, session: &str) -> Result<(), SandboxError> {
+        self.attached.lock().expect("attached workspaces lock").remove(session);
         let (root, name) = (self.workspaces(), session.to_owned());
         tokio::task::spawn_blocking(move || Workspace::delete(&root, &name))
             .await
@@ -208,6 +255,11 @@ fn prepare_etc(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(dir.to_owned())
 }
 
+/// A new sandbox id.
+fn new_id() -> String {
+    format!("sbx{:08x}", fastrand::u32(..))
+}
+
 /// Starts a supervisor that waits for its config on stdin.
 fn spawn_supervisor(agent: &[String]) -> Result<Child, SandboxError> {
     let (program, args) = agent.split_first().ok_or_else(|| SandboxError::Setup("no sandbox agent program configured".into()))?;
@@ -222,13 +274,17 @@ fn spawn_supervisor(agent: &[String]) -> Result<Child, SandboxError> {
         .map_err(|e| SandboxError::Setup(format!("start the sandbox agent {program:?}: {e}")))
 }
 
-/// Hands `config` to a supervisor and waits for its ready line.
-async fn start_agent(mut child: Child, config: &SandboxConfig) -> Result<(Child, i32), SandboxError> {
+/// Hands `config` to a supervisor.
+async fn send_config(mut child: Child, config: &SandboxConfig) -> Result<Child, SandboxError> {
     let mut json = serde_json::to_vec(config).map_err(|e| SandboxError::Internal(e.to_string()))?;
     json.push(b'\n');
     let mut stdin = child.stdin.take().ok_or_else(|| SandboxError::Internal("no agent stdin".into()))?;
     stdin.write_all(&json).await.map_err(|e| SandboxError::Setup(format!("send the sandbox config: {e}")))?;
-    drop(stdin);
+    Ok(child)
+}
+
+/// Waits for a supervisor's ready line; returns it and PID 1's host pid.
+async fn await_ready(mut child: Child) -> Result<(Child, i32), SandboxError> {
     let stdout = child.stdout.take().ok_or_else(|| SandboxError::Internal("no agent stdout".into()))?;
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(10), BufReader::new(stdout).read_line(&mut line)).await;

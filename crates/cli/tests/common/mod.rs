@@ -35,11 +35,18 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables.
     pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
+        Self::start_command(cmd, data_dir)
+    }
+
+    /// Starts `cmd` (the agentrt binary, or a wrapper that runs it) as
+    /// `… serve` on a random port and waits until it listens.
+    pub fn start_command(mut cmd: Command, data_dir: &Path) -> Server {
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -72,8 +72,12 @@ const NAMESPACE_FLAGS: &[libc::c_int] = &[
     libc::CLONE_NEWCGROUP,
 ];
 
+/// The seccomp filters, compiled: they depend on nothing in the config, so
+/// a supervisor started ahead compiles them while it waits.
+pub struct Filters(Vec<seccompiler::BpfProgram>);
+
 /// Applies everything, in an order where each step still has the rights it needs.
-pub fn apply(config: &SandboxConfig) -> Result<(), String> {
+pub fn apply(config: &SandboxConfig, filters: &Filters) -> Result<(), String> {
     nix::unistd::sethostname(&config.hostname).map_err(|e| format!("sethostname: {e}"))?;
     loopback_up()?;
     setrlimit(Resource::RLIMIT_NOFILE, config.nofile, config.nofile).map_err(|e| format!("rlimit nofile: {e}"))?;
@@ -81,7 +85,10 @@ pub fn apply(config: &SandboxConfig) -> Result<(), String> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     landlock()?;
     drop_capabilities()?;
-    seccomp()
+    for program in &filters.0 {
+        seccompiler::apply_filter(program).map_err(|e| format!("seccomp: {e:?}"))?;
+    }
+    Ok(())
 }
 
 /// Brings `lo` up in the new network namespace: the only interface there.
@@ -178,7 +185,7 @@ fn drop_capabilities() -> Result<(), String> {
 /// Two filters: [`DENIED`] and namespace-making `clone` calls fail with
 /// EPERM; `clone3` (whose flags a filter cannot read) fails with ENOSYS so
 /// that libc falls back to `clone`.
-fn seccomp() -> Result<(), String> {
+pub fn seccomp_filters() -> Result<Filters, String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| format!("seccomp: {e:?}"))?;
     let fail = |e: &dyn std::fmt::Debug| format!("seccomp: {e:?}");
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
@@ -193,9 +200,9 @@ fn seccomp() -> Result<(), String> {
     let clone3 =
         SeccompFilter::new([(libc::SYS_clone3, Vec::new())].into(), SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch)
             .map_err(|e| fail(&e))?;
+    let mut programs = Vec::new();
     for filter in [deny, clone3] {
-        let program: seccompiler::BpfProgram = filter.try_into().map_err(|e| fail(&e))?;
-        seccompiler::apply_filter(&program).map_err(|e| fail(&e))?;
+        programs.push(filter.try_into().map_err(|e| fail(&e))?);
     }
-    Ok(())
+    Ok(Filters(programs))
 }

@@ -77,18 +77,30 @@ pub struct Ready {
 /// Runs the supervisor; returns its exit code. Must be called while the
 /// process is single-threaded (it clones).
 pub fn supervise(config: &SandboxConfig) -> i32 {
+    match harden::seccomp_filters() {
+        Ok(filters) => supervise_with(config, &filters),
+        Err(error) => {
+            report(Ready { ready: false, pid: None, error: Some(error) });
+            1
+        }
+    }
+}
+
+/// Prints the ready line.
+fn report(ready: Ready) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, &ready);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+fn supervise_with(config: &SandboxConfig, filters: &harden::Filters) -> i32 {
     // Die with the runtime: a SIGKILLed runtime leaves no sandbox behind.
     let parent = nix::unistd::getppid();
     if die_with_parent().is_err() || nix::unistd::getppid() != parent {
         return 1;
     }
-    let report = |ready: Ready| {
-        let mut out = std::io::stdout().lock();
-        let _ = serde_json::to_writer(&mut out, &ready);
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-    };
-    match start(config) {
+    match start(config, filters) {
         Ok(child) => {
             report(Ready { ready: true, pid: Some(child.as_raw()), error: None });
             loop {
@@ -111,16 +123,21 @@ pub fn supervise(config: &SandboxConfig) -> i32 {
 /// keeps one such process started ahead, so that a cold start does not
 /// wait for a program to load.
 pub fn supervise_from_stdin() -> i32 {
+    let filters = match harden::seccomp_filters() {
+        Ok(filters) => filters,
+        Err(error) => {
+            report(Ready { ready: false, pid: None, error: Some(error) });
+            return 1;
+        }
+    };
     let mut line = String::new();
     if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
         return 1;
     }
     match serde_json::from_str::<SandboxConfig>(&line) {
-        Ok(config) => supervise(&config),
+        Ok(config) => supervise_with(&config, &filters),
         Err(e) => {
-            let ready = Ready { ready: false, pid: None, error: Some(format!("bad sandbox config: {e}")) };
-            let _ = serde_json::to_writer(std::io::stdout(), &ready);
-            let _ = std::io::stdout().write_all(b"\n");
+            report(Ready { ready: false, pid: None, error: Some(format!("bad sandbox config: {e}")) });
             1
         }
     }
@@ -128,7 +145,7 @@ pub fn supervise_from_stdin() -> i32 {
 
 /// Clones PID 1 into new namespaces, maps its ids and waits until it
 /// serves; returns its (host) pid.
-fn start(config: &SandboxConfig) -> Result<Pid, String> {
+fn start(config: &SandboxConfig, filters: &harden::Filters) -> Result<Pid, String> {
     for procs in &config.cgroup_procs {
         std::fs::write(procs, std::process::id().to_string()).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
@@ -149,7 +166,7 @@ fn start(config: &SandboxConfig) -> Result<Pid, String> {
         // (the child exits from `init`); so taking them over is sound, and
         // the supervisor sees the end of the pipe when PID 1 closes it.
         let (up, down) = unsafe { (File::from_raw_fd(up_fd), File::from_raw_fd(down_fd)) };
-        init(config, up, down)
+        init(config, filters, up, down)
     });
     // SAFETY: the supervisor is single-threaded; the child runs on its own
     // stack in a copy of the address space and never returns into ours.
@@ -191,13 +208,13 @@ fn write_id_maps(child: Pid, config: &SandboxConfig) -> Result<(), String> {
 /// PID 1, in the new namespaces: waits for its id maps, becomes root
 /// there, builds the filesystem, binds the socket, hardens, reports ready
 /// (closing the pipe, so the supervisor stops reading) and serves.
-fn init(config: &SandboxConfig, mut up: File, mut down: File) -> isize {
+fn init(config: &SandboxConfig, filters: &harden::Filters, mut up: File, mut down: File) -> isize {
     let mut go = [0u8; 1];
     if down.read_exact(&mut go).is_err() {
         return 1;
     }
     drop(down);
-    let listener = match become_root().and_then(|()| prepare(config)) {
+    let listener = match become_root().and_then(|()| prepare(config, filters)) {
         Ok(listener) => listener,
         Err(msg) => {
             let _ = up.write_all(format!("e{}\n", msg.replace('\n', " ")).as_bytes());
@@ -214,11 +231,11 @@ fn init(config: &SandboxConfig, mut up: File, mut down: File) -> isize {
     std::process::exit(0)
 }
 
-fn prepare(config: &SandboxConfig) -> Result<UnixListener, String> {
+fn prepare(config: &SandboxConfig, filters: &harden::Filters) -> Result<UnixListener, String> {
     mounts::build_root(config)?;
     let listener = UnixListener::bind(&config.socket).map_err(|e| format!("bind {}: {e}", config.socket.display()))?;
     mounts::enter_root(config)?;
-    harden::apply(config)?;
+    harden::apply(config, filters)?;
     Ok(listener)
 }
 
