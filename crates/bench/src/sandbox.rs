@@ -112,6 +112,7 @@ pub async fn measure(agent: &Path, tmp: &Path, rounds: usize, standby: usize) ->
         driver.delete_workspace(&format!("ses_standby_{i}")).await?;
     }
     driver.delete_workspace(session).await?;
+    driver.release_workspaces().await;
 
     Ok(SandboxBench {
         cold: Stats::of(cold),

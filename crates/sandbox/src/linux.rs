@@ -102,7 +102,12 @@ impl LinuxDriver {
         if let Some(version) = self.cgroups {
             let mut cgroup = self.spare_cgroup.lock().expect("spare cgroup lock");
             if cgroup.is_none() {
-                *cgroup = Cgroup::make(version, &new_id()).ok();
+                // Its run directory marks it as this node's, so that the next
+                // start removes it if this process dies first.
+                let id = new_id();
+                if std::fs::create_dir_all(self.config.dir.join("run").join(&id)).is_ok() {
+                    *cgroup = Cgroup::make(version, &id).ok();
+                }
             }
         }
     }
@@ -222,6 +227,7 @@ impl SandboxDriver for LinuxDriver {
     async fn release_workspaces(&self) {
         if let Some(cg) = self.spare_cgroup.lock().expect("spare cgroup lock").take() {
             cg.destroy();
+            let _ = std::fs::remove_dir_all(self.config.dir.join("run").join(cg.name()));
         }
         self.attached.lock().expect("attached workspaces lock").clear();
         let root = self.workspaces();
