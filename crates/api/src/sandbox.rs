@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
-use agentrt_sandbox::protocol::{ExecRequest, ProcessSpec, Request, Response as AgentResponse};
+use agentrt_sandbox::protocol::{decode_text as text, ExecRequest, ProcessSpec, Request, Response as AgentResponse};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -59,10 +59,6 @@ fn expect_ok(response: AgentResponse) -> Result<AgentResponse, ApiError> {
         AgentResponse::Error { kind, message } => Err(agent_error(&kind, message)),
         other => Ok(other),
     }
-}
-
-fn text(b64: &str) -> String {
-    String::from_utf8_lossy(&B64.decode(b64).unwrap_or_default()).into_owned()
 }
 
 /// An exit as JSON with decoded output.

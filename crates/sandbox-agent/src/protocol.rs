@@ -220,6 +220,13 @@ pub struct FileStat {
     pub modified_ms: u64,
 }
 
+/// A base64 payload (output chunk, file) as text, invalid UTF-8 replaced;
+/// a payload that is not base64 reads as empty.
+pub fn decode_text(b64: &str) -> String {
+    use base64::Engine as _;
+    String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default()).into_owned()
+}
+
 /// A message as one frame: length prefix and JSON body.
 pub fn encode_frame<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
     let body = serde_json::to_vec(msg).map_err(io::Error::other)?;

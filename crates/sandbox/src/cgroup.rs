@@ -22,7 +22,7 @@ pub enum CgroupVersion {
 impl CgroupVersion {
     /// The host's cgroup version, if this process can manage cgroups.
     pub fn detect() -> Option<CgroupVersion> {
-        if !nix_is_root() {
+        if !nix::unistd::geteuid().is_root() {
             return None;
         }
         if Path::new(ROOT).join("cgroup.controllers").exists() {
@@ -33,10 +33,6 @@ impl CgroupVersion {
             None
         }
     }
-}
-
-fn nix_is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// Limits applied to one sandbox.

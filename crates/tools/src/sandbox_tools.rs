@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentrt_sandbox::protocol::{ExecRequest, ProcessSpec, Request, Response};
+use agentrt_sandbox::protocol::{decode_text as text, ExecRequest, ProcessSpec, Request, Response};
 use agentrt_sandbox::SandboxError;
 use agentrt_types::sandbox::SANDBOX_TOOLS;
 use agentrt_types::ToolDef;
@@ -110,10 +110,6 @@ fn sandbox_tool(name: &str) -> Option<Arc<dyn Tool>> {
     };
     let def = ToolDef { name: name.to_owned(), description: description.to_owned(), input_schema: schema };
     Some(Arc::new(SandboxTool { def, kind }))
-}
-
-fn text(b64: &str) -> String {
-    String::from_utf8_lossy(&B64.decode(b64).unwrap_or_default()).into_owned()
 }
 
 fn str_arg<'a>(args: &'a Value, key: &str) -> Option<&'a str> {
