@@ -62,6 +62,11 @@ impl From<EngineError> for ApiError {
             EngineError::TurnFinished(..) => ApiError::new(S::CONFLICT, "turn_finished", msg),
             EngineError::InputTooLarge { .. } => ApiError::new(S::PAYLOAD_TOO_LARGE, "input_too_large", msg),
             EngineError::InvalidInput(_) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_input", msg),
+            EngineError::Unauthorized(_) => ApiError::new(S::UNAUTHORIZED, "unauthorized", msg),
+            EngineError::Forbidden(_) => ApiError::new(S::FORBIDDEN, "forbidden", msg),
+            EngineError::NotFound(_) => ApiError::new(S::NOT_FOUND, "not_found", msg),
+            EngineError::Conflict(_) => ApiError::new(S::CONFLICT, "conflict", msg),
+            EngineError::InvalidPolicy(_) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_policy", msg),
             EngineError::Internal(_) => ApiError::internal(&msg),
             EngineError::Store(inner) => match inner {
                 StoreError::Closed => ApiError::new(S::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down; retry"),
@@ -72,6 +77,8 @@ impl From<EngineError> for ApiError {
                 | StoreError::DuplicateIdempotencyKey(_)
                 | StoreError::SchemaTooNew { .. }
                 | StoreError::Corrupt(_)
+                | StoreError::NotFound(_)
+                | StoreError::Conflict(_)
                 | StoreError::Database(_) => ApiError::internal(&inner),
             },
         }

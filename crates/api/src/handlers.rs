@@ -16,7 +16,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::extract::{session_id, turn_id, JsonBody, QueryArgs};
+use agentrt_types::Role;
+
+use crate::auth::{Caller, TenantSession};
+use crate::extract::{turn_id, JsonBody, QueryArgs};
 use crate::{ApiError, AppState, OPENAPI};
 
 /// Longest `?wait=` honoured, in seconds.
@@ -30,11 +33,12 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    s.engine.list_agents().await?;
+    s.engine.list_tenants().await?;
     Ok(Json(json!({"status": "ready", "node": s.engine.node_id()})))
 }
 
-pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+pub async fn metrics(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require_system_admin()?;
     let text = s.engine.metrics_text().await?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }
@@ -55,10 +59,12 @@ pub async fn not_found() -> ApiError {
 
 pub async fn put_agent(
     State(s): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
     let body =
         body.map_err(|r| ApiError::new(r.status(), "body_too_large", format!("the spec must be at most {} bytes", crate::MAX_BODY_BYTES)))?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_body", "the spec must be UTF-8 text"))?;
@@ -72,23 +78,27 @@ pub async fn put_agent(
     } else {
         SpecFormat::Toml
     };
-    let version = s.engine.put_agent(&name, text, format).await?;
+    let version = s.engine.put_agent(caller.tenant(), &name, text, format).await?;
     Ok((StatusCode::CREATED, Json(version)).into_response())
 }
 
-pub async fn list_agents(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"agents": s.engine.list_agents().await?})))
+pub async fn list_agents(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"agents": s.engine.list_agents(caller.tenant()).await?})))
 }
 
-pub async fn get_agent(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.engine.get_agent(&name, None).await?)))
+pub async fn get_agent(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.engine.get_agent(caller.tenant(), &name, None).await?)))
 }
 
-pub async fn get_agent_version(State(s): State<AppState>, Path((name, version)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn get_agent_version(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let v: u32 = version
         .parse()
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "agent_version_not_found", format!("version {version:?} is not a number")))?;
-    Ok(Json(json!(s.engine.get_agent(&name, Some(v)).await?)))
+    Ok(Json(json!(s.engine.get_agent(caller.tenant(), &name, Some(v)).await?)))
 }
 
 // ----- sessions -----
@@ -102,13 +112,17 @@ pub struct CreateSession {
     metadata: Value,
 }
 
-pub async fn create_session(State(s): State<AppState>, JsonBody(req): JsonBody<CreateSession>) -> Result<Response, ApiError> {
-    let session = s.engine.create_session(&req.agent, req.agent_version, req.metadata).await?;
+pub async fn create_session(
+    State(s): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<CreateSession>,
+) -> Result<Response, ApiError> {
+    let session = s.engine.create_session(caller.tenant(), &req.agent, req.agent_version, req.metadata).await?;
     Ok((StatusCode::CREATED, Json(session)).into_response())
 }
 
-pub async fn get_session(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.engine.get_session(&session_id(&id)?).await?)))
+pub async fn get_session(TenantSession(_, summary): TenantSession) -> Json<Value> {
+    Json(json!(summary))
 }
 
 #[derive(Deserialize)]
@@ -120,13 +134,16 @@ pub struct ListSessions {
     limit: Option<usize>,
 }
 
-pub async fn list_sessions(State(s): State<AppState>, QueryArgs(q): QueryArgs<ListSessions>) -> Result<Json<Value>, ApiError> {
+pub async fn list_sessions(
+    State(s): State<AppState>,
+    caller: Caller,
+    QueryArgs(q): QueryArgs<ListSessions>,
+) -> Result<Json<Value>, ApiError> {
     let status = match q.status.as_deref() {
         None => None,
-        Some(raw) => Some(
-            SessionStatus::parse(raw)
-                .ok_or_else(|| ApiError::bad_request("invalid_query", format!("status {raw:?} is not one of idle, running, terminated")))?,
-        ),
+        Some(raw) => Some(SessionStatus::parse(raw).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", format!("status {raw:?} is not one of idle, running, waiting_approval, terminated"))
+        })?),
     };
     let before = match q.cursor.as_deref() {
         None => None,
@@ -139,17 +156,17 @@ pub async fn list_sessions(State(s): State<AppState>, QueryArgs(q): QueryArgs<Li
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_PAGE}")));
     }
-    let sessions = s.engine.list_sessions(&SessionFilter { agent: q.agent, status, before, limit }).await?;
+    let filter = SessionFilter { tenant: Some(caller.tenant().to_owned()), agent: q.agent, status, before, limit };
+    let sessions = s.engine.list_sessions(&filter).await?;
     let next_cursor = if sessions.len() == limit { sessions.last().map(|l| l.id.to_string()) } else { None };
     Ok(Json(json!({"sessions": sessions, "next_cursor": next_cursor})))
 }
 
-pub async fn terminate_session(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.engine.terminate_session(&session_id(&id)?, "terminated by client").await?)))
+pub async fn terminate_session(State(s): State<AppState>, TenantSession(id, _): TenantSession) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.engine.terminate_session(&id, "terminated by client").await?)))
 }
 
-pub async fn verify_session(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = session_id(&id)?;
+pub async fn verify_session(State(s): State<AppState>, TenantSession(id, _): TenantSession) -> Result<Json<Value>, ApiError> {
     Ok(Json(match s.engine.verify(&id).await? {
         Ok(events) => json!({"session_id": id, "ok": true, "events": events}),
         Err(e) => json!({"session_id": id, "ok": false, "error": e.to_string()}),
@@ -182,12 +199,11 @@ fn wait_duration(q: &WaitQuery) -> Result<Option<Duration>, ApiError> {
 
 pub async fn submit_turn(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    TenantSession(id, _): TenantSession,
     QueryArgs(q): QueryArgs<WaitQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<SubmitTurnBody>,
 ) -> Result<Response, ApiError> {
-    let id = session_id(&id)?;
     let wait = wait_duration(&q)?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
@@ -212,10 +228,11 @@ pub async fn submit_turn(
 
 pub async fn get_turn(
     State(s): State<AppState>,
-    Path((id, turn)): Path<(String, String)>,
+    TenantSession(id, _): TenantSession,
+    Path((_, turn)): Path<(String, String)>,
     QueryArgs(q): QueryArgs<WaitQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (id, turn) = (session_id(&id)?, turn_id(&turn)?);
+    let turn = turn_id(&turn)?;
     let summary = match wait_duration(&q)? {
         Some(wait) => s.engine.wait_turn(&id, &turn, wait).await?,
         None => s.engine.get_turn(&id, &turn).await?,
@@ -223,8 +240,12 @@ pub async fn get_turn(
     Ok(Json(json!(summary)))
 }
 
-pub async fn cancel_turn(State(s): State<AppState>, Path((id, turn)): Path<(String, String)>) -> Result<Response, ApiError> {
-    let (id, turn) = (session_id(&id)?, turn_id(&turn)?);
+pub async fn cancel_turn(
+    State(s): State<AppState>,
+    TenantSession(id, _): TenantSession,
+    Path((_, turn)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let turn = turn_id(&turn)?;
     let summary = s.engine.cancel_turn(&id, &turn).await?;
     Ok((StatusCode::ACCEPTED, Json(summary)).into_response())
 }

@@ -1,8 +1,10 @@
 //! The agentrt HTTP API: `fn router(state) -> Router` with the REST + SSE
 //! endpoints under `/v1`, health checks and the OpenAPI document.
 
+mod auth;
 mod error;
 mod extract;
+mod governance;
 mod handlers;
 mod sandbox;
 mod sse;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use agentrt_engine::Engine;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
@@ -31,10 +33,14 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Interval of SSE heartbeat comments.
     pub heartbeat: Duration,
+    /// `serve --dev`: authentication off, every request is an admin of the
+    /// default tenant (the server refuses to listen beyond loopback).
+    pub dev_mode: bool,
 }
 
 /// Builds the API router.
 pub fn router(state: AppState) -> Router {
+    use governance as gov;
     use handlers::*;
     Router::new()
         .route("/healthz", get(healthz))
@@ -51,6 +57,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/turns/{turn_id}/cancel", post(cancel_turn))
         .route("/v1/sessions/{id}/events", get(sse::events))
         .route("/v1/sessions/{id}/verify", get(verify_session))
+        .route("/v1/sessions/{id}/audit", get(gov::audit))
+        .route("/v1/sessions/{id}/credentials", post(gov::issue_credential))
+        .route("/v1/whoami", get(gov::whoami))
+        .route("/v1/tenants", get(gov::list_tenants).post(gov::create_tenant))
+        .route("/v1/keys", get(gov::list_keys).post(gov::create_key))
+        .route("/v1/keys/{id}", delete(gov::revoke_key))
+        .route("/v1/policies", get(gov::get_policies).put(gov::put_policies))
+        .route("/v1/policies/schema", get(gov::policy_schema))
+        .route("/v1/policies/versions/{version}", get(gov::get_policy_version))
+        .route("/v1/approvals", get(gov::list_approvals))
+        .route("/v1/approvals/{id}", get(gov::get_approval).post(gov::decide_approval))
         .route("/v1/sessions/{id}/sandbox", get(sandbox::status))
         .route("/v1/sessions/{id}/sandbox/exec", post(sandbox::exec))
         .route("/v1/sessions/{id}/sandbox/standby", post(sandbox::standby))
@@ -65,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .with_state(state)
 }
 

@@ -18,7 +18,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::extract::{session_id, JsonBody};
+use crate::auth::TenantSession;
+use crate::extract::JsonBody;
 use crate::{ApiError, AppState};
 
 /// Largest file `PUT` accepts (it travels base64-encoded in one frame).
@@ -74,11 +75,10 @@ fn exited(response: AgentResponse) -> Result<Value, ApiError> {
 
 pub async fn exec(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    TenantSession(id, _): TenantSession,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Exec>,
 ) -> Result<Response, ApiError> {
-    let id = session_id(&id)?;
     let argv = match (body.command, body.argv) {
         (Some(c), None) => vec!["/bin/sh".into(), "-c".into(), c],
         (None, Some(argv)) if !argv.is_empty() => argv,
@@ -133,8 +133,11 @@ pub async fn exec(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
-pub async fn get_file(State(s): State<AppState>, Path((id, path)): Path<(String, String)>) -> Result<Response, ApiError> {
-    let id = session_id(&id)?;
+pub async fn get_file(
+    State(s): State<AppState>,
+    TenantSession(id, _): TenantSession,
+    Path((_, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let path = workspace_path(&path)?;
     let stat = expect_ok(s.engine.sandbox_call(&id, &Request::FileStat { path: path.clone() }).await?)?;
     if let AgentResponse::Stat(st) = &stat {
@@ -152,8 +155,12 @@ pub async fn get_file(State(s): State<AppState>, Path((id, path)): Path<(String,
     }
 }
 
-pub async fn put_file(State(s): State<AppState>, Path((id, path)): Path<(String, String)>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let id = session_id(&id)?;
+pub async fn put_file(
+    State(s): State<AppState>,
+    TenantSession(id, _): TenantSession,
+    Path((_, path)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let request = Request::FileWrite { path: workspace_path(&path)?, data: B64.encode(&body), append: false, mode: None };
     Ok(Json(json!(expect_ok(s.engine.sandbox_call(&id, &request).await?)?)))
 }
@@ -166,10 +173,10 @@ pub struct DeleteQuery {
 
 pub async fn delete_file(
     State(s): State<AppState>,
-    Path((id, path)): Path<(String, String)>,
+    TenantSession(id, _): TenantSession,
+    Path((_, path)): Path<(String, String)>,
     crate::extract::QueryArgs(q): crate::extract::QueryArgs<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = session_id(&id)?;
     let request = Request::FileDelete { path: workspace_path(&path)?, recursive: q.recursive.unwrap_or(false) };
     Ok(Json(json!(expect_ok(s.engine.sandbox_call(&id, &request).await?)?)))
 }
@@ -188,14 +195,14 @@ fn workspace_path(path: &str) -> Result<String, ApiError> {
     Ok(format!("/workspace/{}", path.trim_start_matches('/')))
 }
 
-pub async fn status(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.engine.sandbox_status(&session_id(&id)?).await?)))
+pub async fn status(State(s): State<AppState>, TenantSession(id, _): TenantSession) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.engine.sandbox_status(&id).await?)))
 }
 
-pub async fn standby(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.engine.sandbox_standby(&session_id(&id)?).await?)))
+pub async fn standby(State(s): State<AppState>, TenantSession(id, _): TenantSession) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.engine.sandbox_standby(&id).await?)))
 }
 
-pub async fn resume(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.engine.sandbox_resume(&session_id(&id)?).await?)))
+pub async fn resume(State(s): State<AppState>, TenantSession(id, _): TenantSession) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.engine.sandbox_resume(&id).await?)))
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use agentrt_engine::Engine;
 use agentrt_types::{Event, SessionId};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,8 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::extract::{session_id, QueryArgs};
+use crate::auth::TenantSession;
+use crate::extract::QueryArgs;
 use crate::{ApiError, AppState};
 
 const DEFAULT_LIMIT: usize = 100;
@@ -36,11 +37,10 @@ pub struct EventsQuery {
 
 pub async fn events(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    TenantSession(id, _): TenantSession,
     QueryArgs(q): QueryArgs<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = session_id(&id)?;
     let wants_sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {

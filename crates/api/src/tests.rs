@@ -22,7 +22,7 @@ fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("a.db")).unwrap());
     let engine = Engine::new(store, EngineConfig::default()).unwrap();
-    let app = router(AppState { engine, shutdown: CancellationToken::new(), heartbeat: Duration::from_secs(15) });
+    let app = router(AppState { engine, shutdown: CancellationToken::new(), heartbeat: Duration::from_secs(15), dev_mode: true });
     Api { _dir: dir, app }
 }
 

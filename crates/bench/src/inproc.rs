@@ -9,7 +9,7 @@ use agentrt_api::{router, AppState};
 use agentrt_engine::{Engine, EngineConfig, OnBusy, SubmitTurn};
 use agentrt_store::sqlite::{Durability, SqliteStore};
 use agentrt_types::spec::SpecFormat;
-use agentrt_types::{EventData, SessionId};
+use agentrt_types::{EventData, SessionId, DEFAULT_TENANT};
 use anyhow::{anyhow, Context};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -43,7 +43,7 @@ pub async fn register_loop_agent(engine: &Engine, tool_calls: u32) -> anyhow::Re
         "[model]\nprovider = \"scripted\"\nscript = [{{ tool_calls = [{{ name = \"echo\", arguments = {{ i = 1 }} }}], repeat = {tool_calls} }}, {{ text = \"done\" }}]\n[limits]\nmax_steps = {}\n[tools]\nbuiltin = [\"echo\"]\n",
         2 * tool_calls + 2
     );
-    engine.put_agent(&name, &spec, SpecFormat::Toml).await?;
+    engine.put_agent(DEFAULT_TENANT, &name, &spec, SpecFormat::Toml).await?;
     Ok(name)
 }
 
@@ -62,7 +62,7 @@ pub async fn step_overhead(rig: &Rig, tool_calls: u32, turns: usize) -> anyhow::
     let agent = register_loop_agent(&rig.engine, tool_calls).await?;
     let mut samples = Vec::new();
     for _ in 0..turns {
-        let session = rig.engine.create_session(&agent, None, Value::Null).await?;
+        let session = rig.engine.create_session(DEFAULT_TENANT, &agent, None, Value::Null).await?;
         let mut rx = rig.engine.subscribe(&session.id);
         let (turn, _) = rig
             .engine
@@ -95,7 +95,7 @@ pub async fn throughput(rig: &Rig, sessions: usize, tool_calls: u32) -> anyhow::
     let agent = register_loop_agent(&rig.engine, tool_calls).await?;
     let mut ids = Vec::with_capacity(sessions);
     for _ in 0..sessions {
-        ids.push(rig.engine.create_session(&agent, None, Value::Null).await?.id);
+        ids.push(rig.engine.create_session(DEFAULT_TENANT, &agent, None, Value::Null).await?.id);
     }
     let started = Instant::now();
     let runs = futures_util::future::join_all(ids.iter().map(|id| run_turn(&rig.engine, id))).await;
@@ -111,13 +111,14 @@ pub async fn throughput(rig: &Rig, sessions: usize, tool_calls: u32) -> anyhow::
 pub async fn sse_latency(rig: &Rig, tool_calls: u32) -> anyhow::Result<Stats> {
     let agent = register_loop_agent(&rig.engine, tool_calls).await?;
     let shutdown = CancellationToken::new();
-    let app = router(AppState { engine: rig.engine.clone(), shutdown: shutdown.clone(), heartbeat: Duration::from_secs(15) });
+    let app =
+        router(AppState { engine: rig.engine.clone(), shutdown: shutdown.clone(), heartbeat: Duration::from_secs(15), dev_mode: true });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = shutdown.clone();
     let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
 
-    let session = rig.engine.create_session(&agent, None, Value::Null).await?;
+    let session = rig.engine.create_session(DEFAULT_TENANT, &agent, None, Value::Null).await?;
     let resp = reqwest::Client::new()
         .get(format!("http://{addr}/v1/sessions/{}/events", session.id))
         .header("accept", "text/event-stream")
@@ -153,7 +154,7 @@ pub async fn append_latency(rig: &Rig, appends: usize) -> anyhow::Result<Stats> 
     use agentrt_store::{AppendRequest, Fence};
     use agentrt_types::TurnId;
     let agent = register_loop_agent(&rig.engine, 1).await?;
-    let session = rig.engine.create_session(&agent, None, Value::Null).await?;
+    let session = rig.engine.create_session(DEFAULT_TENANT, &agent, None, Value::Null).await?;
     let store = rig.engine.store().clone();
     let mut samples = Vec::with_capacity(appends);
     for _ in 0..appends {

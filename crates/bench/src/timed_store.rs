@@ -5,9 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use agentrt_store::{AgentInfo, AgentVersion, AppendRequest, NewSession, SessionFilter, Store, StoreError};
+use agentrt_store::{
+    AgentInfo, AgentVersion, ApiKey, AppendRequest, Approval, ApprovalFilter, NewSession, PolicyVersion, SessionFilter, Store, StoreError,
+    Tenant,
+};
 use agentrt_types::event::StoredRecord;
-use agentrt_types::{AgentSpec, Event, SessionId, SessionSummary, TurnId, TurnSummary};
+use agentrt_types::{AgentSpec, ApprovalId, Event, KeyId, SessionId, SessionSummary, TurnId, TurnSummary};
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -30,14 +33,14 @@ impl Store for TimedStore {
         }
         Ok(events)
     }
-    async fn put_agent(&self, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
-        self.inner.put_agent(name, spec).await
+    async fn put_agent(&self, tenant: &str, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
+        self.inner.put_agent(tenant, name, spec).await
     }
-    async fn get_agent(&self, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError> {
-        self.inner.get_agent(name, version).await
+    async fn get_agent(&self, tenant: &str, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError> {
+        self.inner.get_agent(tenant, name, version).await
     }
-    async fn list_agents(&self) -> Result<Vec<AgentInfo>, StoreError> {
-        self.inner.list_agents().await
+    async fn list_agents(&self, tenant: &str) -> Result<Vec<AgentInfo>, StoreError> {
+        self.inner.list_agents(tenant).await
     }
     async fn create_session(&self, new: NewSession) -> Result<(SessionSummary, Event), StoreError> {
         self.inner.create_session(new).await
@@ -83,5 +86,44 @@ impl Store for TimedStore {
     }
     async fn kv_set(&self, session: &SessionId, key: &str, value: &Value) -> Result<(), StoreError> {
         self.inner.kv_set(session, key, value).await
+    }
+    async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
+        self.inner.create_tenant(name).await
+    }
+    async fn get_tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        self.inner.get_tenant(name).await
+    }
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.inner.list_tenants().await
+    }
+    async fn create_api_key(&self, key: &ApiKey, hash: &str) -> Result<(), StoreError> {
+        self.inner.create_api_key(key, hash).await
+    }
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.inner.api_key_by_hash(hash).await
+    }
+    async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>, StoreError> {
+        self.inner.list_api_keys(tenant).await
+    }
+    async fn count_active_api_keys(&self) -> Result<u64, StoreError> {
+        self.inner.count_active_api_keys().await
+    }
+    async fn revoke_api_key(&self, tenant: &str, id: &KeyId) -> Result<Option<ApiKey>, StoreError> {
+        self.inner.revoke_api_key(tenant, id).await
+    }
+    async fn put_policies(&self, tenant: &str, text: &str, schema: Option<&str>, by: &str) -> Result<PolicyVersion, StoreError> {
+        self.inner.put_policies(tenant, text, schema, by).await
+    }
+    async fn get_policies(&self, tenant: &str, version: Option<u32>) -> Result<Option<PolicyVersion>, StoreError> {
+        self.inner.get_policies(tenant, version).await
+    }
+    async fn get_approval(&self, id: &ApprovalId) -> Result<Option<Approval>, StoreError> {
+        self.inner.get_approval(id).await
+    }
+    async fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
+        self.inner.list_approvals(filter).await
+    }
+    async fn setting_or_init(&self, key: &str, init: &str) -> Result<String, StoreError> {
+        self.inner.setting_or_init(key, init).await
     }
 }

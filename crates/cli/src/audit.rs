@@ -78,7 +78,7 @@ async fn verify_local(dir: &std::path::Path, session: Option<&str>) -> anyhow::R
 }
 
 async fn verify_remote(ctx: &Ctx, session: Option<&str>) -> anyhow::Result<Vec<(String, Result<u64, String>)>> {
-    let c = crate::client::Client::new(&ctx.server)?;
+    let c = ctx.client()?;
     let ids: Vec<String> = match session {
         Some(id) => vec![id.to_owned()],
         None => {

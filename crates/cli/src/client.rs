@@ -12,12 +12,20 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str) -> anyhow::Result<Client> {
+    /// A client for `base` that sends `token` as `Authorization: Bearer`.
+    pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<Client> {
         let base = base.trim_end_matches('/').to_owned();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(anyhow!("--server must be an http:// or https:// URL, got {base:?}"));
         }
-        Ok(Client { base, http: reqwest::Client::builder().build().context("build HTTP client")? })
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| anyhow!("the API key contains characters that cannot go in an HTTP header"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(Client { base, http: reqwest::Client::builder().default_headers(headers).build().context("build HTTP client")? })
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {

@@ -14,12 +14,14 @@ use crate::{output, render};
 /// Global options every client command sees.
 pub struct Ctx {
     pub server: String,
+    /// Bearer token sent with every request.
+    pub api_key: Option<String>,
     pub json: bool,
 }
 
 impl Ctx {
-    fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.server)
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.server, self.api_key.as_deref())
     }
 
     fn print_json_or(&self, v: &Value, readable: impl FnOnce(&Value)) {

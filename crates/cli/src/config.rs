@@ -51,6 +51,13 @@ pub struct Config {
     /// First host uid sandbox root maps to (each session gets one of the
     /// 65536 from here on).
     pub sandbox_uid_base: u32,
+    /// Authentication off, every request acting as an admin of the default
+    /// tenant; refused unless `listen` is a loopback address. For trying
+    /// agentrt out on one machine, never for production.
+    pub dev_mode: bool,
+    /// Decision for a tool call that no policy matches, in a tenant that
+    /// has policies: `forbid` (Cedar's default) or `permit`.
+    pub policy_default: agentrt_engine::governance::PolicyDefault,
 }
 
 /// Log line format.
@@ -80,6 +87,8 @@ impl Default for Config {
             sandbox_driver: "linux".into(),
             sandbox_agent: String::new(),
             sandbox_uid_base: 200_000,
+            dev_mode: false,
+            policy_default: agentrt_engine::governance::PolicyDefault::Forbid,
         }
     }
 }
@@ -101,6 +110,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub dev_mode: bool,
 }
 
 /// A partial config file: every key optional.
@@ -123,6 +133,8 @@ struct FileConfig {
     sandbox_driver: Option<String>,
     sandbox_agent: Option<String>,
     sandbox_uid_base: Option<u32>,
+    dev_mode: Option<bool>,
+    policy_default: Option<agentrt_engine::governance::PolicyDefault>,
 }
 
 impl Config {
@@ -151,7 +163,9 @@ impl Config {
                 mcp_stdio_on_host,
                 sandbox_driver,
                 sandbox_agent,
-                sandbox_uid_base
+                sandbox_uid_base,
+                dev_mode,
+                policy_default
             );
         }
         c = c.with_env(std::env::vars())?;
@@ -164,6 +178,7 @@ impl Config {
         if let Some(v) = overrides.log_format {
             c.log_format = v;
         }
+        c.dev_mode |= overrides.dev_mode;
         c.validate()?;
         Ok(c)
     }
@@ -195,6 +210,9 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.dev_mode && !self.listen.ip().is_loopback() {
+            bail!("dev mode turns authentication off, so it listens only on a loopback address (e.g. 127.0.0.1:7700), not {}", self.listen);
+        }
         if self.lease_ttl_seconds < 3 {
             bail!("lease-ttl-seconds must be at least 3");
         }

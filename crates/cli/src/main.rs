@@ -25,6 +25,9 @@ struct Cli {
     /// Server URL for client commands.
     #[arg(long, global = true, env = "AGENTRT_URL", default_value = "http://127.0.0.1:7700")]
     server: String,
+    /// API key (art_…) or session credential for client commands.
+    #[arg(long, global = true, env = "AGENTRT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Print JSON instead of readable text.
     #[arg(long, global = true)]
     json: bool,
@@ -47,11 +50,18 @@ struct ServerArgs {
     /// Log format [default: text].
     #[arg(long, env = "AGENTRT_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Turn authentication off (every request is an admin of the default
+    /// tenant); only on a loopback address. For trying agentrt out.
+    #[arg(long)]
+    dev: bool,
 }
 
 impl ServerArgs {
     fn load(self) -> anyhow::Result<Config> {
-        Config::load(self.config.as_deref(), Overrides { listen: self.listen, data_dir: self.data_dir, log_format: self.log_format })
+        Config::load(
+            self.config.as_deref(),
+            Overrides { listen: self.listen, data_dir: self.data_dir, log_format: self.log_format, dev_mode: self.dev },
+        )
     }
 }
 
@@ -119,7 +129,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let ctx = commands::Ctx { server: cli.server, json: cli.json };
+    let ctx = commands::Ctx { server: cli.server, api_key: cli.api_key, json: cli.json };
     match cli.command {
         Command::Serve(args) => serve::serve(args.load()?).await.map(|_| ExitCode::SUCCESS),
         Command::Config(ConfigCommand::Dump(args)) => {

@@ -9,7 +9,6 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::client::Client;
 use crate::commands::Ctx;
 use crate::output;
 
@@ -42,7 +41,7 @@ fn remote(spec: &str) -> Option<(&str, &str)> {
 }
 
 pub async fn sandbox(ctx: &Ctx, cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&ctx.server)?;
+    let client = ctx.client()?;
     match cmd {
         SandboxCommand::Exec { session, timeout, command } => {
             let out =

@@ -32,6 +32,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         http_timeout: Duration::from_secs(config.http_timeout_seconds),
         capture_content: config.otel_capture_content,
         mcp_stdio_on_host: config.mcp_stdio_on_host,
+        policy_default: config.policy_default,
         ..EngineConfig::default()
     };
     if !config.node_id.is_empty() {
@@ -39,6 +40,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let engine = Engine::with_sandboxes(store, engine_config, sandbox_driver(&config))?;
     let resumed = engine.start().await.context("resume unfinished turns")?;
+    if config.dev_mode {
+        tracing::warn!("dev mode: authentication is OFF; every request acts as an admin of the default tenant");
+    } else if let Some(key) = engine.bootstrap_admin_key().await.context("create the first admin key")? {
+        // Shown once: only its hash is stored.
+        output::line(&format!("agentrt admin key (tenant default, shown only this once; export AGENTRT_API_KEY=…): {}", key.secret));
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
     let addr = listener.local_addr().context("read bound address")?;
@@ -47,6 +54,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         engine: engine.clone(),
         shutdown: shutdown.clone(),
         heartbeat: Duration::from_secs(config.sse_heartbeat_seconds),
+        dev_mode: config.dev_mode,
     });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), node = engine.node_id(), resumed, "agentrt serving");
     output::line(&format!("agentrt listening on http://{addr}"));

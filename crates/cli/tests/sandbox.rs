@@ -135,7 +135,7 @@ async fn the_file_api_cannot_escape_through_dot_dot_or_symlinks() {
     let secret = r.dir.path().join("secret.txt");
     std::fs::write(&secret, "hunter2").unwrap();
     let base = format!("{}/v1/sessions/{}/files", r.server().url, r.session);
-    let http = reqwest::Client::new();
+    let http = r.server().http.clone();
     let resp = http.get(format!("{base}/../../etc/hostname")).send().await.unwrap();
     // The URL is normalised by the client or refused by the server; neither reads the host.
     assert!([404, 422].contains(&resp.status().as_u16()), "{}", resp.status());
@@ -253,7 +253,7 @@ async fn filling_the_workspace_stops_at_the_quota() {
     let used: u64 = r.sh_ok("du -sm /workspace/big | cut -f1").await.trim().parse().unwrap();
     assert!(used <= 16, "{used} MiB written");
     let url = format!("{}/v1/sessions/{}/files/more", r.server().url, r.session);
-    let resp = reqwest::Client::new().put(url).body(vec![0u8; 4 << 20]).send().await.unwrap();
+    let resp = r.server().http.clone().put(url).body(vec![0u8; 4 << 20]).send().await.unwrap();
     assert_eq!(resp.status(), 507);
 }
 
@@ -372,7 +372,10 @@ async fn terminating_the_session_destroys_its_sandbox_and_workspace() {
 async fn exec_streams_output_files_round_trip_and_bad_requests_are_explained() {
     let r = rig("").await;
     let url = format!("{}/v1/sessions/{}/sandbox/exec", r.server().url, r.session);
-    let resp = reqwest::Client::new()
+    let resp = r
+        .server()
+        .http
+        .clone()
         .post(&url)
         .header("accept", "text/event-stream")
         .json(&json!({"command": "echo one; sleep 0.1; echo two >&2; exit 3"}))
@@ -387,7 +390,7 @@ async fn exec_streams_output_files_round_trip_and_bad_requests_are_explained() {
     assert!(body.contains("\"exit_code\":3"), "{body}");
 
     let files = format!("{}/v1/sessions/{}/files", r.server().url, r.session);
-    let http = reqwest::Client::new();
+    let http = r.server().http.clone();
     let put = http.put(format!("{files}/dir/bin.dat")).body(vec![0u8, 159, 146, 150]).send().await.unwrap();
     assert_eq!(put.status(), 200);
     let got = http.get(format!("{files}/dir/bin.dat")).send().await.unwrap().bytes().await.unwrap();

@@ -87,7 +87,7 @@ async fn heartbeats_keep_an_idle_stream_alive() {
     let config = dir.path().join("c.toml");
     std::fs::write(&config, "sse-heartbeat-seconds = 1\n").unwrap();
     let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .arg("--config")
         .arg(&config)

@@ -174,7 +174,7 @@ async fn json_log_lines_in_a_turn_carry_session_turn_and_trace_ids() {
     let dir = tempfile::tempdir().unwrap();
     let log = std::fs::File::create(dir.path().join("log.jsonl")).unwrap();
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

@@ -1,5 +1,5 @@
 //! Loaded agent versions: spec, model provider and tool set, built once per
-//! `(name, version)` and shared by every turn pinned to that version.
+//! `(tenant, name, version)` and shared by every turn pinned to that version.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,16 +22,16 @@ pub struct LoadedAgent {
 /// Cache of loaded agents.
 #[derive(Default)]
 pub struct AgentCache {
-    loaded: Mutex<HashMap<(String, u32), Arc<LoadedAgent>>>,
+    loaded: Mutex<HashMap<(String, String, u32), Arc<LoadedAgent>>>,
 }
 
 impl AgentCache {
-    pub fn get(&self, name: &str, version: u32) -> Option<Arc<LoadedAgent>> {
-        self.loaded.lock().expect("agent cache lock poisoned").get(&(name.to_owned(), version)).cloned()
+    pub fn get(&self, tenant: &str, name: &str, version: u32) -> Option<Arc<LoadedAgent>> {
+        self.loaded.lock().expect("agent cache lock poisoned").get(&(tenant.to_owned(), name.to_owned(), version)).cloned()
     }
 
-    pub fn insert(&self, agent: LoadedAgent) -> Arc<LoadedAgent> {
-        let key = (agent.version.name.clone(), agent.version.version);
+    pub fn insert(&self, tenant: &str, agent: LoadedAgent) -> Arc<LoadedAgent> {
+        let key = (tenant.to_owned(), agent.version.name.clone(), agent.version.version);
         let agent = Arc::new(agent);
         self.loaded.lock().expect("agent cache lock poisoned").insert(key, agent.clone());
         agent

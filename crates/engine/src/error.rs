@@ -29,6 +29,19 @@ pub enum EngineError {
     InputTooLarge { limit: usize, got: usize },
     #[error("{0}")]
     InvalidInput(String),
+    /// No or bad credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The principal may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A policy set that does not parse or validate (Cedar's message).
+    #[error("{0}")]
+    InvalidPolicy(String),
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]

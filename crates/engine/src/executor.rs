@@ -13,7 +13,7 @@ use agentrt_store::Fence;
 use agentrt_types::{SessionId, TurnId};
 use tokio_util::sync::CancellationToken;
 
-use crate::turn::{self, Abort};
+use crate::turn::{self, Abort, TurnEnd};
 use crate::Inner;
 
 /// Live executors of this node.
@@ -137,9 +137,15 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
             }
             return;
         }
+        let mut waiting = None;
         for t in turns {
             match turn::run(&inner, &id, &fence, &slot, t).await {
-                Ok(()) => {}
+                Ok(TurnEnd::Ended) => {}
+                Ok(TurnEnd::Waiting { wake_at_ms }) => {
+                    // Later turns queue behind this one.
+                    waiting = Some(wake_at_ms);
+                    break;
+                }
                 Err(Abort::Fenced) => {
                     tracing::warn!(session = %id, "lease lost to another executor; stepping back");
                     inner.executors.remove_if_same(&id, &slot);
@@ -159,8 +165,36 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
                 }
             }
         }
+        if let Some(wake_at_ms) = waiting {
+            let map = inner.executors.slots.lock().expect("executors lock poisoned");
+            if slot.dirty.load(Ordering::SeqCst) {
+                continue;
+            }
+            drop(map);
+            inner.executors.remove_if_same(&id, &slot);
+            if let Err(e) = inner.store.release_lease(&id, &holder, token).await {
+                tracing::warn!(session = %id, error = %e, "could not release lease");
+            }
+            if let Some(at) = wake_at_ms {
+                wake_at(&inner, &id, at);
+            }
+            tracing::debug!(session = %id, "turn waits for approval");
+            return;
+        }
     }
     inner.executors.remove_if_same(&id, &slot);
+}
+
+/// Looks at the session again at `at_ms` (unix ms), e.g. when an approval
+/// expires. After a restart, recovery looks at every unfinished turn anyway.
+fn wake_at(inner: &Arc<Inner>, id: &SessionId, at_ms: i64) {
+    let (inner2, id) = (inner.clone(), id.clone());
+    inner.tasks.spawn(async move {
+        let delay = Duration::from_millis((at_ms - agentrt_types::time::now_ms()).max(0) as u64);
+        if !sleep_or_shutdown(&inner2, delay).await {
+            ensure_running(&inner2, &id);
+        }
+    });
 }
 
 /// Sleeps; returns `true` if shutdown began meanwhile.

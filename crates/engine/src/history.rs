@@ -1,7 +1,8 @@
 //! Rebuilding what the agent loop needs from the log: the conversation to
 //! send to the model, and where an unfinished turn stands.
 
-use agentrt_types::{Event, EventData, Message, Outcome, ToolCall, TurnId};
+use agentrt_types::event::ApprovalDecision;
+use agentrt_types::{ApprovalId, Event, EventData, Message, Outcome, ToolCall, TurnId};
 use serde_json::Value;
 
 /// Text the model sees for a call whose outcome is unknown.
@@ -62,6 +63,18 @@ pub struct OpenToolCall {
     pub idempotency_key: String,
 }
 
+/// A tool call held for a human's approval: no intent is journaled until
+/// it is approved, so it can never have run.
+#[derive(Clone, Debug)]
+pub struct GatedCall {
+    pub approval_id: ApprovalId,
+    pub step: u32,
+    pub call: ToolCall,
+    pub expires_ms: Option<i64>,
+    /// The decision, once made: how, by whom, with what comment.
+    pub decision: Option<(ApprovalDecision, String, Option<String>)>,
+}
+
 /// Where one turn stands, from its events.
 #[derive(Default, Debug)]
 pub struct TurnProgress {
@@ -77,6 +90,13 @@ pub struct TurnProgress {
     pub cancel_requested: bool,
     pub started_ms: Option<i64>,
     pub ended: bool,
+    /// Calls waiting for (or just given) a human's decision.
+    pub gated: Vec<GatedCall>,
+    /// Since when some approval has been undecided, if one is.
+    pub waiting_since: Option<i64>,
+    /// Time spent waiting for approvals before `waiting_since`; it does not
+    /// count against the turn's time limit.
+    pub waited_ms: i64,
 }
 
 impl TurnProgress {
@@ -100,6 +120,7 @@ impl TurnProgress {
             }
             EventData::ToolRequested { step, call_id, tool, arguments, idempotent, idempotency_key, .. } => {
                 self.last_step = self.last_step.max(*step);
+                self.gated.retain(|g| &g.call.id != call_id);
                 self.open_tools.push(OpenToolCall {
                     step: *step,
                     call: ToolCall { id: call_id.clone(), name: tool.clone(), arguments: arguments.clone() },
@@ -107,12 +128,47 @@ impl TurnProgress {
                     idempotency_key: idempotency_key.clone(),
                 });
             }
-            EventData::ToolCompleted { call_id, .. } => {
+            EventData::ToolCompleted { step, call_id, .. } => {
+                // A call refused by policy has a result and no intent.
+                self.last_step = self.last_step.max(*step);
                 self.open_tools.retain(|t| &t.call.id != call_id);
+                self.gated.retain(|g| &g.call.id != call_id);
                 self.steps_done += 1;
+            }
+            EventData::ApprovalRequested { approval_id, step, call_id, tool, arguments, expires_ms, .. } => {
+                self.last_step = self.last_step.max(*step);
+                if self.undecided() == 0 {
+                    self.waiting_since = Some(event.body.ts);
+                }
+                self.gated.push(GatedCall {
+                    approval_id: approval_id.clone(),
+                    step: *step,
+                    call: ToolCall { id: call_id.clone(), name: tool.clone(), arguments: arguments.clone() },
+                    expires_ms: *expires_ms,
+                    decision: None,
+                });
+            }
+            EventData::ApprovalDecided { approval_id, decision, approver, comment, .. } => {
+                if let Some(g) = self.gated.iter_mut().find(|g| &g.approval_id == approval_id) {
+                    g.decision = Some((*decision, approver.clone(), comment.clone()));
+                }
+                if let (0, Some(since)) = (self.undecided(), self.waiting_since) {
+                    self.waited_ms += event.body.ts - since;
+                    self.waiting_since = None;
+                }
             }
             d if d.ends_turn() => self.ended = true,
             _ => {}
         }
+    }
+
+    /// Approvals not decided yet.
+    pub fn undecided(&self) -> usize {
+        self.gated.iter().filter(|g| g.decision.is_none()).count()
+    }
+
+    /// Milliseconds spent waiting for approvals up to `now`.
+    pub fn waited_ms(&self, now: i64) -> i64 {
+        self.waited_ms + self.waiting_since.map_or(0, |since| (now - since).max(0))
     }
 }

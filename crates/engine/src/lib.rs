@@ -7,10 +7,13 @@
 //! `history` (rebuilding state from the log).
 
 mod agents;
+mod credentials;
 mod error;
 mod executor;
+pub mod governance;
 mod history;
 pub mod hub;
+pub mod identity;
 pub mod metrics;
 mod sandboxes;
 pub mod telemetry;
@@ -30,6 +33,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use credentials::{SessionCredential, DEFAULT_CREDENTIAL_SECONDS, MAX_CREDENTIAL_SECONDS};
 pub use error::EngineError;
 pub use history::UNKNOWN_OUTCOME;
 
@@ -57,6 +61,8 @@ pub struct EngineConfig {
     /// Let agents run stdio MCP servers as host processes (until a sandbox
     /// driver can run them inside the session's sandbox).
     pub mcp_stdio_on_host: bool,
+    /// Decision for a tool call no policy matches, in a tenant that has policies.
+    pub policy_default: governance::PolicyDefault,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +75,7 @@ impl Default for EngineConfig {
             http_timeout: Duration::from_secs(300),
             capture_content: false,
             mcp_stdio_on_host: false,
+            policy_default: governance::PolicyDefault::Forbid,
         }
     }
 }
@@ -109,6 +116,10 @@ pub(crate) struct Inner {
     /// This node's sandboxes; `None` when sandboxes are turned off.
     pub sandboxes: Option<Arc<agentrt_sandbox::SandboxManager>>,
     pub sandbox_driver: Option<Arc<dyn agentrt_sandbox::SandboxDriver>>,
+    /// Tenants' compiled policies.
+    pub policies: governance::PolicyCache,
+    /// Key that signs session credentials (loaded from the store once).
+    pub signing_key: tokio::sync::OnceCell<Vec<u8>>,
 }
 
 /// The engine; cheap to clone.
@@ -146,6 +157,8 @@ impl Engine {
                 metrics: metrics::Metrics::default(),
                 sandboxes: sandbox_driver.clone().map(|d| sandboxes::manager(d, weak.clone())),
                 sandbox_driver,
+                policies: governance::PolicyCache::default(),
+                signing_key: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -211,8 +224,8 @@ impl Engine {
 
     // ----- agents -----
 
-    /// Validates a spec and registers it as the agent's next version.
-    pub async fn put_agent(&self, name: &str, text: &str, format: SpecFormat) -> Result<AgentVersion, EngineError> {
+    /// Validates a spec and registers it as the next version of a tenant's agent.
+    pub async fn put_agent(&self, tenant: &str, name: &str, text: &str, format: SpecFormat) -> Result<AgentVersion, EngineError> {
         if !is_agent_name(name) {
             return Err(EngineError::InvalidAgentName(name.to_owned()));
         }
@@ -241,30 +254,38 @@ impl Engine {
                 return Err(SpecError { errors }.into());
             }
         }
-        Ok(self.inner.store.put_agent(name, &spec).await?)
+        Ok(self.inner.store.put_agent(tenant, name, &spec).await?)
     }
 
-    pub async fn get_agent(&self, name: &str, version: Option<u32>) -> Result<AgentVersion, EngineError> {
-        self.inner.store.get_agent(name, version).await?.ok_or_else(|| match version {
+    pub async fn get_agent(&self, tenant: &str, name: &str, version: Option<u32>) -> Result<AgentVersion, EngineError> {
+        self.inner.store.get_agent(tenant, name, version).await?.ok_or_else(|| match version {
             Some(v) => EngineError::AgentVersionNotFound(name.to_owned(), v),
             None => EngineError::AgentNotFound(name.to_owned()),
         })
     }
 
-    pub async fn list_agents(&self) -> Result<Vec<AgentInfo>, EngineError> {
-        Ok(self.inner.store.list_agents().await?)
+    pub async fn list_agents(&self, tenant: &str) -> Result<Vec<AgentInfo>, EngineError> {
+        Ok(self.inner.store.list_agents(tenant).await?)
     }
 
     // ----- sessions -----
 
-    /// Creates a session pinned to an agent version (the latest by default).
-    pub async fn create_session(&self, agent: &str, version: Option<u32>, metadata: Value) -> Result<SessionSummary, EngineError> {
+    /// Creates a session of a tenant's agent, pinned to an agent version
+    /// (the latest by default).
+    pub async fn create_session(
+        &self,
+        tenant: &str,
+        agent: &str,
+        version: Option<u32>,
+        metadata: Value,
+    ) -> Result<SessionSummary, EngineError> {
         if !metadata.is_object() && !metadata.is_null() {
             return Err(EngineError::InvalidInput("metadata must be a JSON object".into()));
         }
         let metadata = if metadata.is_null() { Value::Object(Default::default()) } else { metadata };
-        let agent = self.get_agent(agent, version).await?;
-        let new = NewSession { id: SessionId::generate(), agent: agent.name, agent_version: agent.version, metadata };
+        let agent = self.get_agent(tenant, agent, version).await?;
+        let new =
+            NewSession { id: SessionId::generate(), tenant: tenant.to_owned(), agent: agent.name, agent_version: agent.version, metadata };
         let (summary, event) = self.inner.store.create_session(new).await?;
         self.inner.hub.publish(&summary.id, std::slice::from_ref(&event));
         Ok(summary)
@@ -272,6 +293,15 @@ impl Engine {
 
     pub async fn get_session(&self, id: &SessionId) -> Result<SessionSummary, EngineError> {
         self.inner.store.get_session(id).await?.ok_or_else(|| EngineError::SessionNotFound(id.clone()))
+    }
+
+    /// The session, if it belongs to `tenant`; another tenant's session is
+    /// reported as not found, exactly like a missing one.
+    pub async fn session_of(&self, tenant: &str, id: &SessionId) -> Result<SessionSummary, EngineError> {
+        match self.inner.store.get_session(id).await? {
+            Some(s) if s.tenant == tenant => Ok(s),
+            _ => Err(EngineError::SessionNotFound(id.clone())),
+        }
     }
 
     pub async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>, EngineError> {

@@ -85,7 +85,7 @@ impl Engine {
         if session.status == SessionStatus::Terminated {
             return Err(EngineError::SessionTerminated(id.clone()));
         }
-        let agent = self.get_agent(&session.agent, Some(session.agent_version)).await?;
+        let agent = self.get_agent(&session.tenant, &session.agent, Some(session.agent_version)).await?;
         let Some(spec) = agent.spec.sandbox.as_ref() else {
             return Err(EngineError::InvalidInput(format!(
                 "agent {:?} version {} has no [sandbox]; add one to the agent spec",

@@ -25,6 +25,8 @@ use crate::executor::Slot;
 use crate::history::{Conversation, OpenToolCall, TurnProgress};
 use crate::{telemetry, Inner};
 
+mod gate;
+
 /// Largest tool output kept in the log, in bytes of JSON.
 pub const MAX_TOOL_OUTPUT: usize = 64 * 1024;
 /// Attempts for a model call that fails transiently.
@@ -50,8 +52,18 @@ impl From<StoreError> for Abort {
     }
 }
 
-/// Runs one turn to its end (or until aborted).
-pub(crate) async fn run(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary) -> Result<(), Abort> {
+/// How a turn run stopped without an abort.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TurnEnd {
+    /// The turn ended (or there was nothing to run).
+    Ended,
+    /// The turn is paused until a human decides its approvals; it should be
+    /// looked at again when one is decided or at `wake_at_ms` (an expiry).
+    Waiting { wake_at_ms: Option<i64> },
+}
+
+/// Runs one turn to its end, until it waits for approval, or until aborted.
+pub(crate) async fn run(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary) -> Result<TurnEnd, Abort> {
     let session = inner.store.get_session(id).await?.ok_or_else(|| Abort::Store(StoreError::SessionNotFound(id.clone())))?;
     // The turn's span: every log line written while it runs carries its
     // session, turn and trace ids; model and tool spans are its children.
@@ -66,14 +78,14 @@ async fn run_turn(
     slot: &Slot,
     turn: TurnSummary,
     session: SessionSummary,
-) -> Result<(), Abort> {
+) -> Result<TurnEnd, Abort> {
     let turn_id = turn.turn_id.clone();
     let cancel = slot.register(&turn_id);
     let result = TurnRun::start(inner, id, fence, cancel, turn, session).await;
     let result = match result {
         Ok(Some(mut run)) => {
             let r = run.drive().await;
-            if r.is_ok() {
+            if r.as_ref().is_ok_and(|end| *end == TurnEnd::Ended) {
                 let p = &run.progress;
                 tracing::info!(
                     steps = p.steps_done,
@@ -84,7 +96,7 @@ async fn run_turn(
             }
             r
         }
-        Ok(None) => Ok(()),
+        Ok(None) => Ok(TurnEnd::Ended),
         Err(e) => Err(e),
     };
     slot.unregister(&turn_id);
@@ -101,6 +113,9 @@ struct TurnRun {
     progress: TurnProgress,
     agent: Option<Arc<LoadedAgent>>,
     agent_name: String,
+    tenant: String,
+    /// The tenant's policies as of the turn's (re)start; `None`: no policies.
+    policies: Option<Arc<crate::governance::Compiled>>,
     /// Tool intents that were open when the turn was loaded (crash recovery).
     recovering: bool,
 }
@@ -152,6 +167,8 @@ impl TurnRun {
             progress: TurnProgress::default(),
             agent: None,
             agent_name: session.agent.clone(),
+            tenant: session.tenant.clone(),
+            policies: crate::governance::tenant_policies(inner, &session.tenant).await?,
             recovering: false,
         };
         let mut after = 0;
@@ -167,7 +184,7 @@ impl TurnRun {
             }
         }
         run.recovering = !run.progress.open_tools.is_empty();
-        run.agent = match load_agent(inner, &session.agent, session.agent_version).await {
+        run.agent = match load_agent(inner, &session.tenant, &session.agent, session.agent_version).await {
             Ok(a) => Some(a),
             Err(message) => {
                 run.fail(vec![], "agent_unavailable", &message).await?;
@@ -194,7 +211,8 @@ impl TurnRun {
 
     fn deadline(&self) -> Instant {
         let started = self.progress.started_ms.unwrap_or_else(now_ms);
-        let end_ms = started + (self.agent().version.spec.limits.max_turn_seconds as i64) * 1000;
+        let waited = self.progress.waited_ms(now_ms());
+        let end_ms = started + waited + (self.agent().version.spec.limits.max_turn_seconds as i64) * 1000;
         Instant::now() + Duration::from_millis((end_ms - now_ms()).max(0) as u64)
     }
 
@@ -212,29 +230,44 @@ impl TurnRun {
         Ok(())
     }
 
-    /// The loop: tools that are due, then the model, until the turn ends.
-    async fn drive(&mut self) -> Result<(), Abort> {
+    /// The loop: settled approvals, tools that are due, then the model,
+    /// until the turn ends or waits for a human.
+    async fn drive(&mut self) -> Result<TurnEnd, Abort> {
         let mut carry: Vec<NewEvent> = Vec::new();
         loop {
             if self.inner.shutdown.is_cancelled() {
                 return Err(Abort::Shutdown);
             }
             if self.cancelled() {
-                return self.end_cancelled(carry).await;
+                return self.end_cancelled(carry).await.map(|()| TurnEnd::Ended);
             }
             if Instant::now() >= self.deadline() {
                 let secs = self.agent().version.spec.limits.max_turn_seconds;
-                return self.fail(carry, "max_turn_seconds", &format!("turn exceeded max_turn_seconds ({secs} s)")).await;
+                return self
+                    .fail(carry, "max_turn_seconds", &format!("turn exceeded max_turn_seconds ({secs} s)"))
+                    .await
+                    .map(|()| TurnEnd::Ended);
+            }
+            let settled = self.settle_gated();
+            if !settled.is_empty() {
+                carry.extend(settled);
+                self.append(std::mem::take(&mut carry)).await?;
+                continue;
             }
             if self.has_unrun_tools(&carry) {
                 carry = self.run_tools(carry).await?;
                 self.recovering = false;
                 continue;
             }
+            if self.progress.undecided() > 0 {
+                self.append(std::mem::take(&mut carry)).await?;
+                return Ok(TurnEnd::Waiting { wake_at_ms: self.next_expiry() });
+            }
             let max_steps = self.agent().version.spec.limits.max_steps;
             let carried = carry.iter().filter(|e| matches!(e.data, EventData::ToolCompleted { .. })).count() as u32;
             if self.progress.steps_done + carried >= max_steps {
-                return self.fail(carry, "max_steps", &format!("turn reached max_steps ({max_steps}) without a final answer")).await;
+                let why = format!("turn reached max_steps ({max_steps}) without a final answer");
+                return self.fail(carry, "max_steps", &why).await.map(|()| TurnEnd::Ended);
             }
             let step = match self.progress.open_model {
                 Some(step) => step,
@@ -263,7 +296,7 @@ impl TurnRun {
                 ModelOutcome::Deadline => continue,
                 ModelOutcome::Failed(e) => {
                     let failed = EventData::ModelFailed { turn_id, step, error: e.to_string(), latency_us };
-                    return self.fail(vec![failed.into()], "model_error", &e.to_string()).await;
+                    return self.fail(vec![failed.into()], "model_error", &e.to_string()).await.map(|()| TurnEnd::Ended);
                 }
                 ModelOutcome::Answer(resp) => {
                     let final_answer = resp.tool_calls.is_empty();
@@ -285,24 +318,12 @@ impl TurnRun {
                         events.push(EventData::TurnCompleted { turn_id, output, usage, steps: self.progress.steps_done + 1 }.into());
                     } else {
                         for (i, call) in resp.tool_calls.iter().enumerate() {
-                            let s = step + 1 + i as u32;
-                            events.push(
-                                EventData::ToolRequested {
-                                    turn_id: turn_id.clone(),
-                                    step: s,
-                                    call_id: call.id.clone(),
-                                    tool: call.name.clone(),
-                                    arguments: call.arguments.clone(),
-                                    idempotent: self.agent().tools.is_idempotent(&call.name),
-                                    idempotency_key: self.key(s),
-                                }
-                                .into(),
-                            );
+                            events.extend(self.gate(step + 1 + i as u32, call));
                         }
                     }
                     self.append(events).await?;
                     if final_answer {
-                        return Ok(());
+                        return Ok(TurnEnd::Ended);
                     }
                 }
             }
@@ -489,6 +510,12 @@ impl TurnRun {
                 events.push(self.completed(call, Outcome::Error, json!({"error": why}), 0, 0));
             }
         }
+        for g in &self.progress.gated {
+            if !closed.contains(&g.call.id) {
+                let open = OpenToolCall { step: g.step, call: g.call.clone(), idempotent: false, idempotency_key: self.key(g.step) };
+                events.push(self.completed(&open, Outcome::Error, json!({"error": why}), 0, 0));
+            }
+        }
         events
     }
 
@@ -574,13 +601,13 @@ async fn append_raw(
     Ok(appended)
 }
 
-async fn load_agent(inner: &Inner, name: &str, version: u32) -> Result<Arc<LoadedAgent>, String> {
-    if let Some(a) = inner.agents.get(name, version) {
+async fn load_agent(inner: &Inner, tenant: &str, name: &str, version: u32) -> Result<Arc<LoadedAgent>, String> {
+    if let Some(a) = inner.agents.get(tenant, name, version) {
         return Ok(a);
     }
     let v = inner
         .store
-        .get_agent(name, Some(version))
+        .get_agent(tenant, name, Some(version))
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("agent {name:?} version {version} not found"))?;
@@ -591,5 +618,5 @@ async fn load_agent(inner: &Inner, name: &str, version: u32) -> Result<Arc<Loade
         other => other.to_string(),
     });
     let router = agentrt_tools::router::ToolRouter::new(v.spec.tools.router.clone());
-    Ok(inner.agents.insert(LoadedAgent { version: v, provider, tools, router }))
+    Ok(inner.agents.insert(tenant, LoadedAgent { version: v, provider, tools, router }))
 }

@@ -7,7 +7,7 @@ pub mod sqlite;
 mod types;
 
 use agentrt_types::event::StoredRecord;
-use agentrt_types::{AgentSpec, Event, SessionId, SessionSummary, TurnId, TurnSummary};
+use agentrt_types::{AgentSpec, ApprovalId, Event, KeyId, SessionId, SessionSummary, TurnId, TurnSummary};
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -39,6 +39,12 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// A named object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The object already exists.
+    #[error("{0}")]
+    Conflict(String),
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
@@ -47,12 +53,12 @@ pub enum StoreError {
 /// The storage interface every backend implements.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Registers a new immutable version of an agent.
-    async fn put_agent(&self, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError>;
-    /// One version of an agent, or its latest when `version` is `None`.
-    async fn get_agent(&self, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError>;
-    /// Every agent with its latest version number.
-    async fn list_agents(&self) -> Result<Vec<AgentInfo>, StoreError>;
+    /// Registers a new immutable version of a tenant's agent.
+    async fn put_agent(&self, tenant: &str, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError>;
+    /// One version of a tenant's agent, or its latest when `version` is `None`.
+    async fn get_agent(&self, tenant: &str, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError>;
+    /// Every agent of a tenant with its latest version number.
+    async fn list_agents(&self, tenant: &str) -> Result<Vec<AgentInfo>, StoreError>;
 
     /// Creates a session and appends its `session.created` event.
     async fn create_session(&self, new: NewSession) -> Result<(SessionSummary, Event), StoreError>;
@@ -89,4 +95,28 @@ pub trait Store: Send + Sync + 'static {
 
     async fn kv_get(&self, session: &SessionId, key: &str) -> Result<Option<Value>, StoreError>;
     async fn kv_set(&self, session: &SessionId, key: &str, value: &Value) -> Result<(), StoreError>;
+
+    // ----- identity and governance -----
+
+    /// Creates a tenant; `Conflict` if the name is taken.
+    async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError>;
+    async fn get_tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// Stores a key with the hash of its secret; `NotFound` if the tenant is missing.
+    async fn create_api_key(&self, key: &ApiKey, hash: &str) -> Result<(), StoreError>;
+    /// The key whose secret hashes to `hash` (revoked keys included).
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
+    async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>, StoreError>;
+    /// Keys not revoked, over every tenant.
+    async fn count_active_api_keys(&self) -> Result<u64, StoreError>;
+    /// Revokes a tenant's key; `None` if the tenant has no such key.
+    async fn revoke_api_key(&self, tenant: &str, id: &KeyId) -> Result<Option<ApiKey>, StoreError>;
+    /// Stores the next version of a tenant's policies.
+    async fn put_policies(&self, tenant: &str, text: &str, schema: Option<&str>, by: &str) -> Result<PolicyVersion, StoreError>;
+    /// One version of a tenant's policies, or the latest.
+    async fn get_policies(&self, tenant: &str, version: Option<u32>) -> Result<Option<PolicyVersion>, StoreError>;
+    async fn get_approval(&self, id: &ApprovalId) -> Result<Option<Approval>, StoreError>;
+    async fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, StoreError>;
+    /// A node-wide setting, initialised to `init` by the first caller.
+    async fn setting_or_init(&self, key: &str, init: &str) -> Result<String, StoreError>;
 }

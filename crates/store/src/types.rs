@@ -1,7 +1,8 @@
 //! Request and row types of the [`crate::Store`] trait.
 
+use agentrt_types::event::ApprovalDecision;
 use agentrt_types::spec::AgentSpec;
-use agentrt_types::{NewEvent, SessionId, SessionStatus, TurnId, TurnStatus};
+use agentrt_types::{ApprovalId, KeyId, NewEvent, Role, SessionId, SessionStatus, TurnId, TurnStatus};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -28,6 +29,7 @@ pub struct AgentInfo {
 #[derive(Clone, Debug)]
 pub struct NewSession {
     pub id: SessionId,
+    pub tenant: String,
     pub agent: String,
     pub agent_version: u32,
     pub metadata: Value,
@@ -36,6 +38,8 @@ pub struct NewSession {
 /// Filters for listing sessions.
 #[derive(Clone, Debug, Default)]
 pub struct SessionFilter {
+    /// Only this tenant's sessions (`None`: every tenant, for node-wide tools).
+    pub tenant: Option<String>,
     pub agent: Option<String>,
     pub status: Option<SessionStatus>,
     /// Only sessions older than this id (the previous page's last id).
@@ -61,6 +65,8 @@ pub enum Precondition {
     TurnStatus(TurnId, TurnStatus),
     /// The session must have no queued or running turn.
     SessionIdle,
+    /// The approval must still be pending (decided at most once).
+    ApprovalPending(ApprovalId),
 }
 
 /// Events to append to one session's log in one transaction.
@@ -70,4 +76,111 @@ pub struct AppendRequest {
     pub fence: Fence,
     pub precondition: Option<Precondition>,
     pub events: Vec<NewEvent>,
+}
+
+/// A tenant: the unit of isolation between customers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Tenant {
+    pub name: String,
+    pub created_ms: i64,
+}
+
+/// An API key as stored (its secret is kept only as a hash).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ApiKey {
+    pub id: KeyId,
+    pub tenant: String,
+    /// A label chosen by whoever created the key.
+    pub name: String,
+    pub role: Role,
+    pub created_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_ms: Option<i64>,
+}
+
+/// One version of a tenant's policy set.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PolicyVersion {
+    pub tenant: String,
+    pub version: u32,
+    /// Cedar policies.
+    pub text: String,
+    /// Extra Cedar schema declarations (e.g. actions of MCP tools).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    pub created_ms: i64,
+    /// The principal that uploaded it.
+    pub created_by: String,
+}
+
+/// Where an approval stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    /// The turn ended (cancelled, failed, session terminated) first.
+    Cancelled,
+}
+
+impl ApprovalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Expired => "expired",
+            ApprovalStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Approved, Self::Denied, Self::Expired, Self::Cancelled].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl From<ApprovalDecision> for ApprovalStatus {
+    fn from(d: ApprovalDecision) -> Self {
+        match d {
+            ApprovalDecision::Approved => ApprovalStatus::Approved,
+            ApprovalDecision::Denied => ApprovalStatus::Denied,
+            ApprovalDecision::Expired => ApprovalStatus::Expired,
+        }
+    }
+}
+
+/// A request for a human to approve one tool call; folded from the
+/// `approval.*` events of its session.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct Approval {
+    pub id: ApprovalId,
+    pub tenant: String,
+    pub session_id: SessionId,
+    pub turn_id: TurnId,
+    pub call_id: String,
+    pub tool: String,
+    pub arguments: Value,
+    pub reason: String,
+    pub policies: Vec<String>,
+    pub status: ApprovalStatus,
+    pub requested_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// Filters for listing approvals.
+#[derive(Clone, Debug, Default)]
+pub struct ApprovalFilter {
+    pub tenant: String,
+    pub status: Option<ApprovalStatus>,
+    pub session: Option<SessionId>,
+    pub limit: usize,
 }

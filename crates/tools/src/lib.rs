@@ -112,6 +112,13 @@ pub struct ToolSet {
     mcp: Vec<Arc<mcp::McpServer>>,
 }
 
+/// Every built-in and sandbox tool, with the server policies see it under
+/// (`builtin` or `sandbox`); the same on every node and for every agent.
+pub fn catalog() -> Vec<(ToolDef, &'static str)> {
+    let builtins = agentrt_types::spec::BUILTIN_TOOLS.iter().filter_map(|n| builtin(n)).map(|t| (t.def().clone(), "builtin"));
+    builtins.chain(sandbox_tools().into_iter().map(|t| (t.def().clone(), "sandbox"))).collect()
+}
+
 impl ToolSet {
     /// Builds the tool set an agent spec declares. Stdio MCP servers run as
     /// host processes only if `allow_host_stdio`.
@@ -167,6 +174,20 @@ impl ToolSet {
         let (server, _) = name.split_once('.')?;
         let server = self.mcp.iter().find(|s| s.spec.name == server)?;
         Some((server, server.find(name)?))
+    }
+
+    /// Where the named tool lives, as policies see it: `builtin`, `sandbox`,
+    /// `http`, or the name of its MCP server.
+    pub fn server_of(&self, name: &str) -> String {
+        if agentrt_types::spec::BUILTIN_TOOLS.contains(&name) {
+            "builtin".into()
+        } else if agentrt_types::sandbox::SANDBOX_TOOLS.contains(&name) {
+            "sandbox".into()
+        } else if self.tools.contains_key(name) {
+            "http".into()
+        } else {
+            name.split_once('.').map(|(server, _)| server.to_owned()).unwrap_or_default()
+        }
     }
 
     /// The breaker target of the named tool.

@@ -12,7 +12,16 @@ async fn ctx() -> (tempfile::TempDir, ToolContext) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
     let session_id = SessionId::generate();
-    store.create_session(NewSession { id: session_id.clone(), agent: "a".into(), agent_version: 1, metadata: json!({}) }).await.unwrap();
+    store
+        .create_session(NewSession {
+            id: session_id.clone(),
+            tenant: "default".into(),
+            agent: "a".into(),
+            agent_version: 1,
+            metadata: json!({}),
+        })
+        .await
+        .unwrap();
     let ctx = ToolContext {
         session_id,
         turn_id: TurnId::generate(),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::ids::{SessionId, TurnId};
+use crate::ids::{ApprovalId, SessionId, TurnId};
 use crate::message::ToolCall;
 
 /// Version of the event schema written by this build.
@@ -46,6 +46,30 @@ pub enum Outcome {
     Unknown,
 }
 
+/// How an approval was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalDecision {
+    Approved,
+    Denied,
+    /// Nobody decided before the request expired: treated as denied.
+    Expired,
+}
+
+impl ApprovalDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalDecision::Approved => "approved",
+            ApprovalDecision::Denied => "denied",
+            ApprovalDecision::Expired => "expired",
+        }
+    }
+}
+
+fn default_tenant() -> String {
+    crate::tenant::DEFAULT_TENANT.to_owned()
+}
+
 /// A sandbox lifecycle transition and how long it took.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SandboxTransition {
@@ -62,7 +86,15 @@ pub struct SandboxTransition {
 #[serde(tag = "type")]
 pub enum EventData {
     #[serde(rename = "session.created")]
-    SessionCreated { agent: String, agent_version: u32, metadata: Value },
+    SessionCreated {
+        agent: String,
+        agent_version: u32,
+        metadata: Value,
+        /// The tenant the session belongs to (logs written before tenants
+        /// existed belong to the default tenant).
+        #[serde(default = "default_tenant")]
+        tenant: String,
+    },
     #[serde(rename = "session.terminated")]
     SessionTerminated { reason: String },
     /// A client's input was accepted; the turn is queued.
@@ -149,6 +181,51 @@ pub enum EventData {
     /// Stopped for good with its session.
     #[serde(rename = "sandbox.destroyed")]
     SandboxDestroyed(SandboxTransition),
+    /// The tenant's policies decided a tool call (only when the tenant has
+    /// policies). `decision` is `permit`, `forbid` or `require_approval`;
+    /// `policies` are the ids that decided, empty when none matched and the
+    /// configured default applied (`default: true`).
+    #[serde(rename = "policy.decided")]
+    PolicyDecided {
+        turn_id: TurnId,
+        call_id: String,
+        tool: String,
+        decision: String,
+        policies: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        default: bool,
+        /// Version of the tenant's policy set that decided.
+        policy_version: u32,
+    },
+    /// A tool call waits for a human: the turn pauses until it is decided.
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested {
+        approval_id: ApprovalId,
+        turn_id: TurnId,
+        step: u32,
+        call_id: String,
+        tool: String,
+        arguments: Value,
+        reason: String,
+        policies: Vec<String>,
+        /// Unix ms after which the request is denied automatically.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_ms: Option<i64>,
+    },
+    /// A human (or expiry) decided an approval: `approved`, `denied` or `expired`.
+    #[serde(rename = "approval.decided")]
+    ApprovalDecided {
+        approval_id: ApprovalId,
+        turn_id: TurnId,
+        call_id: String,
+        decision: ApprovalDecision,
+        /// Who decided: the approver's principal, or `system:expiry`.
+        approver: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
     /// Assistant output shown to the user.
     #[serde(rename = "message")]
     Message { turn_id: TurnId, content: String },
@@ -182,6 +259,9 @@ impl EventData {
             EventData::SandboxHibernated(_) => "sandbox.hibernated",
             EventData::SandboxRestarted(_) => "sandbox.restarted",
             EventData::SandboxDestroyed(_) => "sandbox.destroyed",
+            EventData::PolicyDecided { .. } => "policy.decided",
+            EventData::ApprovalRequested { .. } => "approval.requested",
+            EventData::ApprovalDecided { .. } => "approval.decided",
             EventData::Message { .. } => "message",
             EventData::TurnCompleted { .. } => "turn.completed",
             EventData::TurnFailed { .. } => "turn.failed",
@@ -210,6 +290,9 @@ impl EventData {
             | EventData::ToolRequested { turn_id, .. }
             | EventData::ToolCompleted { turn_id, .. }
             | EventData::ToolBreaker { turn_id, .. }
+            | EventData::PolicyDecided { turn_id, .. }
+            | EventData::ApprovalRequested { turn_id, .. }
+            | EventData::ApprovalDecided { turn_id, .. }
             | EventData::Message { turn_id, .. }
             | EventData::TurnCompleted { turn_id, .. }
             | EventData::TurnFailed { turn_id, .. }
@@ -291,6 +374,62 @@ pub struct StoredRecord {
     pub hash: String,
 }
 
+/// One line of an audit export (JSON Lines): a stored event with its place
+/// in the hash chain. `event` is the stored body verbatim, so the chain can
+/// be recomputed from the file alone.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub session_id: SessionId,
+    pub seq: u64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub event: Box<serde_json::value::RawValue>,
+}
+
+impl AuditRecord {
+    /// The export line of a stored record.
+    pub fn new(session_id: &SessionId, r: StoredRecord) -> Result<AuditRecord, serde_json::Error> {
+        let event = serde_json::value::RawValue::from_string(r.body_text)?;
+        Ok(AuditRecord { session_id: session_id.clone(), seq: r.seq, prev_hash: r.prev_hash, hash: r.hash, event })
+    }
+
+    /// Back to the stored form, for verification.
+    pub fn into_stored(self) -> StoredRecord {
+        StoredRecord { seq: self.seq, body_text: self.event.get().to_owned(), prev_hash: self.prev_hash, hash: self.hash }
+    }
+}
+
+/// Verifies consecutive records that may start after the first event (an
+/// export `--since` a time): links and hashes are checked from the first
+/// record on, and from genesis when it is event 1. Returns the first and
+/// last seq checked.
+pub fn verify_segment(records: Vec<StoredRecord>) -> Result<(u64, u64), ChainError> {
+    let Some(first) = records.first() else { return Ok((0, 0)) };
+    let (start, mut prev_hash) = (first.seq, first.prev_hash.clone());
+    if start == 1 && prev_hash != GENESIS_HASH {
+        return Err(ChainError::BrokenLink { seq: 1, prev: 0 });
+    }
+    let mut expected = start;
+    for r in records {
+        if r.seq != expected {
+            return Err(ChainError::Gap { seq: r.seq, expected });
+        }
+        if r.prev_hash != prev_hash {
+            return Err(ChainError::BrokenLink { seq: r.seq, prev: r.seq - 1 });
+        }
+        if chain_hash(&r.prev_hash, &r.body_text) != r.hash {
+            return Err(ChainError::Tampered { seq: r.seq });
+        }
+        match serde_json::from_str::<EventBody>(&r.body_text) {
+            Ok(body) if body.seq == r.seq => {}
+            _ => return Err(ChainError::Malformed { seq: r.seq }),
+        }
+        prev_hash = r.hash;
+        expected += 1;
+    }
+    Ok((start, expected - 1))
+}
+
 /// Why a chain does not verify, naming the first bad event.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -309,26 +448,11 @@ pub enum ChainError {
 /// Verifies a session's chain from its first event; returns the number of
 /// events checked or the first broken event.
 pub fn verify_chain(records: impl IntoIterator<Item = StoredRecord>) -> Result<u64, ChainError> {
-    let mut prev_hash = GENESIS_HASH.to_owned();
-    let mut expected = 1u64;
-    for r in records {
-        if r.seq != expected {
-            return Err(ChainError::Gap { seq: r.seq, expected });
-        }
-        if r.prev_hash != prev_hash {
-            return Err(ChainError::BrokenLink { seq: r.seq, prev: r.seq - 1 });
-        }
-        if chain_hash(&r.prev_hash, &r.body_text) != r.hash {
-            return Err(ChainError::Tampered { seq: r.seq });
-        }
-        match serde_json::from_str::<EventBody>(&r.body_text) {
-            Ok(body) if body.seq == r.seq => {}
-            _ => return Err(ChainError::Malformed { seq: r.seq }),
-        }
-        prev_hash = r.hash;
-        expected += 1;
+    let records: Vec<StoredRecord> = records.into_iter().collect();
+    if let Some(first) = records.first().filter(|r| r.seq != 1) {
+        return Err(ChainError::Gap { seq: first.seq, expected: 1 });
     }
-    Ok(expected - 1)
+    verify_segment(records).map(|(_, last)| last)
 }
 
 /// Verifies a session's chain and that it reaches `last_seq`, the seq the

@@ -8,10 +8,12 @@ pub mod message;
 pub mod sandbox;
 pub mod spec;
 pub mod state;
+pub mod tenant;
 pub mod time;
 
 pub use event::{Event, EventData, NewEvent, Outcome, Usage, EVENT_SCHEMA_VERSION};
-pub use ids::{SessionId, TurnId};
+pub use ids::{ApprovalId, KeyId, SessionId, TurnId};
 pub use message::{Message, ToolCall, ToolDef};
 pub use spec::{AgentSpec, SpecError};
 pub use state::{SessionStatus, SessionSummary, TurnStatus, TurnSummary};
+pub use tenant::{Principal, Role, DEFAULT_TENANT};

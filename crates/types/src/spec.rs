@@ -97,11 +97,16 @@ pub struct Limits {
     /// Wall-clock seconds allowed for one turn.
     #[serde(default = "default_max_turn_seconds")]
     pub max_turn_seconds: u64,
+    /// Seconds a tool call waits for a human's approval before it is denied
+    /// automatically; no expiry when absent. Time spent waiting does not
+    /// count against `max_turn_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout_seconds: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_steps: default_max_steps(), max_turn_seconds: default_max_turn_seconds() }
+        Limits { max_steps: default_max_steps(), max_turn_seconds: default_max_turn_seconds(), approval_timeout_seconds: None }
     }
 }
 
@@ -348,6 +353,9 @@ impl AgentSpec {
         }
         for e in sandbox_errors {
             bad(e.path, e.message);
+        }
+        if self.limits.approval_timeout_seconds == Some(0) {
+            bad("limits.approval_timeout_seconds".into(), "must be at least 1 (leave it out for no expiry)".into());
         }
         if self.limits.max_turn_seconds == 0 {
             bad("limits.max_turn_seconds".into(), "must be at least 1".into());

@@ -16,6 +16,8 @@ pub enum SessionStatus {
     Idle,
     /// A turn is running or queued.
     Running,
+    /// A turn is paused until a human decides one or more approvals.
+    WaitingApproval,
     /// Terminated: the log is kept, new input is refused.
     Terminated,
 }
@@ -25,6 +27,7 @@ impl SessionStatus {
         match self {
             SessionStatus::Idle => "idle",
             SessionStatus::Running => "running",
+            SessionStatus::WaitingApproval => "waiting_approval",
             SessionStatus::Terminated => "terminated",
         }
     }
@@ -33,6 +36,7 @@ impl SessionStatus {
         match s {
             "idle" => Some(SessionStatus::Idle),
             "running" => Some(SessionStatus::Running),
+            "waiting_approval" => Some(SessionStatus::WaitingApproval),
             "terminated" => Some(SessionStatus::Terminated),
             _ => None,
         }
@@ -43,6 +47,9 @@ impl SessionStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionSummary {
     pub id: SessionId,
+    /// The tenant the session belongs to.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     pub agent: String,
     pub agent_version: u32,
     pub status: SessionStatus,
@@ -57,18 +64,26 @@ pub struct SessionSummary {
     pub running_turn: Option<TurnId>,
     /// Turns accepted and not yet started.
     pub queued_turns: u32,
+    /// Approvals of the running turn not decided yet.
+    #[serde(default)]
+    pub pending_approvals: u32,
     /// Seq of the last event.
     pub last_seq: u64,
+}
+
+fn default_tenant() -> String {
+    crate::tenant::DEFAULT_TENANT.to_owned()
 }
 
 impl SessionSummary {
     /// Starts the fold from a `session.created` event.
     pub fn from_created(event: &Event) -> Option<Self> {
-        let EventData::SessionCreated { agent, agent_version, metadata } = &event.body.data else {
+        let EventData::SessionCreated { agent, agent_version, metadata, tenant } = &event.body.data else {
             return None;
         };
         Some(SessionSummary {
             id: event.body.session_id.clone(),
+            tenant: tenant.clone(),
             agent: agent.clone(),
             agent_version: *agent_version,
             status: SessionStatus::Idle,
@@ -79,6 +94,7 @@ impl SessionSummary {
             usage: Usage::default(),
             running_turn: None,
             queued_turns: 0,
+            pending_approvals: 0,
             last_seq: event.body.seq,
         })
     }
@@ -99,9 +115,12 @@ impl SessionSummary {
                 self.agent_version = *agent_version;
             }
             EventData::ModelCompleted { usage, .. } => self.usage.add(*usage),
+            EventData::ApprovalRequested { .. } => self.pending_approvals += 1,
+            EventData::ApprovalDecided { .. } => self.pending_approvals = self.pending_approvals.saturating_sub(1),
             EventData::TurnCompleted { turn_id, .. } | EventData::TurnFailed { turn_id, .. } | EventData::TurnCancelled { turn_id, .. } => {
                 if self.running_turn.as_ref() == Some(turn_id) {
                     self.running_turn = None;
+                    self.pending_approvals = 0;
                 } else {
                     self.queued_turns = self.queued_turns.saturating_sub(1);
                 }
@@ -109,7 +128,13 @@ impl SessionSummary {
             _ => {}
         }
         if self.status != SessionStatus::Terminated {
-            self.status = if self.running_turn.is_some() || self.queued_turns > 0 { SessionStatus::Running } else { SessionStatus::Idle };
+            self.status = if self.pending_approvals > 0 {
+                SessionStatus::WaitingApproval
+            } else if self.running_turn.is_some() || self.queued_turns > 0 {
+                SessionStatus::Running
+            } else {
+                SessionStatus::Idle
+            };
         }
     }
 }
@@ -180,6 +205,9 @@ pub struct TurnSummary {
     /// Model and tool calls completed so far.
     pub steps: u32,
     pub cancel_requested: bool,
+    /// Approvals of this turn not decided yet; the turn is paused while > 0.
+    #[serde(default)]
+    pub pending_approvals: u32,
     /// Seq of the `turn.submitted` event; orders the queue.
     pub submitted_seq: u64,
     pub created_ms: i64,
@@ -207,6 +235,7 @@ impl TurnSummary {
             usage: Usage::default(),
             steps: 0,
             cancel_requested: false,
+            pending_approvals: 0,
             submitted_seq: event.body.seq,
             created_ms: event.body.ts,
             started_ms: None,
@@ -228,6 +257,8 @@ impl TurnSummary {
                 self.steps += 1;
             }
             EventData::ModelFailed { .. } | EventData::ToolCompleted { .. } => self.steps += 1,
+            EventData::ApprovalRequested { .. } => self.pending_approvals += 1,
+            EventData::ApprovalDecided { .. } => self.pending_approvals = self.pending_approvals.saturating_sub(1),
             EventData::TurnCompleted { output, .. } => {
                 self.status = TurnStatus::Completed;
                 self.output = Some(output.clone());
@@ -244,6 +275,9 @@ impl TurnSummary {
                 self.ended_ms = Some(ts);
             }
             _ => {}
+        }
+        if self.status.is_final() {
+            self.pending_approvals = 0;
         }
     }
 }

@@ -24,7 +24,37 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// The admin key of the default tenant, printed at the first start.
+    pub admin_key: String,
+    /// Sends the admin key on every request.
     pub http: reqwest::Client,
+}
+
+/// Admin keys of the servers this test process started, by URL, so that
+/// [`cli`] and [`authed`] can authenticate to them.
+static KEYS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// The admin key of the server at `url`, if this process started it.
+pub fn key_for(url: &str) -> Option<String> {
+    KEYS.lock().unwrap().iter().rev().find(|(u, _)| u == url).map(|(_, k)| k.clone())
+}
+
+/// An HTTP client that authenticates with `key`.
+pub fn client_with(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// An HTTP client with the admin key of the server at `url`.
+pub fn authed(url: &str) -> reqwest::Client {
+    client_with(&key_for(url).expect("a server this test started"))
+}
+
+/// Where the harness keeps a data dir's admin key across restarts (the
+/// server prints it only at the first start).
+fn key_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("test-admin-key")
 }
 
 impl Server {
@@ -53,15 +83,28 @@ impl Server {
             .expect("spawn agentrt");
         let stdout = child.stdout.take().expect("stdout piped");
         let mut lines = BufReader::new(stdout).lines();
+        let mut printed_key = None;
         let url = loop {
             let line = lines.next().expect("agentrt exited before listening").expect("read stdout");
+            if line.starts_with("agentrt admin key") {
+                printed_key = line.rsplit(' ').next().map(str::to_owned);
+            }
             if let Some(rest) = line.strip_prefix("agentrt listening on ") {
                 break rest.trim().to_owned();
             }
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, url, data_dir: data_dir.to_owned(), http: reqwest::Client::new() }
+        let admin_key = match printed_key {
+            Some(k) => {
+                std::fs::write(key_file(data_dir), &k).expect("remember the admin key");
+                k
+            }
+            None => std::fs::read_to_string(key_file(data_dir)).expect("no admin key printed at first start"),
+        };
+        assert!(admin_key.starts_with("art_"), "admin key {admin_key:?}");
+        KEYS.lock().unwrap().push((url.clone(), admin_key.clone()));
+        Server { child, url, data_dir: data_dir.to_owned(), http: client_with(&admin_key), admin_key }
     }
 
     /// SIGKILLs the server (no graceful shutdown).
@@ -162,6 +205,9 @@ pub fn cli(args: &[&str], server: Option<&str>) -> (i32, String, String) {
     cmd.args(args);
     if let Some(url) = server {
         cmd.env("AGENTRT_URL", url);
+        if let Some(key) = key_for(url) {
+            cmd.env("AGENTRT_API_KEY", key);
+        }
     }
     let out = cmd.output().expect("run agentrt");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -292,7 +338,7 @@ async fn counter_handler(
 
 /// Reads SSE events from a session; `max` events or until `stop` matches.
 pub async fn read_sse(url: &str, session: &str, last_event_id: Option<u64>, max: usize, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let mut req = reqwest::Client::new().get(format!("{url}/v1/sessions/{session}/events")).header("accept", "text/event-stream");
+    let mut req = authed(url).get(format!("{url}/v1/sessions/{session}/events")).header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         req = req.header("last-event-id", id.to_string());
     }

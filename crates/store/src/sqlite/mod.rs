@@ -1,6 +1,8 @@
 //! The embedded SQLite store: one writer thread with group commit (WAL,
 //! `synchronous=FULL`), and a pool of read connections.
 
+mod approvals;
+mod identity;
 mod read;
 mod schema;
 mod writer;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use agentrt_types::event::StoredRecord;
-use agentrt_types::{AgentSpec, Event, SessionId, SessionSummary, TurnId, TurnSummary};
+use agentrt_types::{AgentSpec, ApprovalId, Event, KeyId, SessionId, SessionSummary, TurnId, TurnSummary};
 use async_trait::async_trait;
 use rusqlite::Connection;
 use serde_json::Value;
@@ -18,7 +20,10 @@ use tokio::sync::oneshot;
 use self::read::Readers;
 use self::schema::db;
 use self::writer::WriteOp;
-use crate::{AgentInfo, AgentVersion, AppendRequest, NewSession, SessionFilter, Store, StoreError};
+use crate::{
+    AgentInfo, AgentVersion, ApiKey, AppendRequest, Approval, ApprovalFilter, NewSession, PolicyVersion, SessionFilter, Store, StoreError,
+    Tenant,
+};
 
 /// When a commit counts as durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -70,22 +75,31 @@ impl SqliteStore {
         self.writer.send(make(tx)).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// Runs `f` on the writer thread inside the group transaction.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write(|reply| WriteOp::run(f, reply)).await
+    }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn put_agent(&self, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
-        let (name, spec) = (name.to_owned(), Box::new(spec.clone()));
-        self.write(|reply| WriteOp::PutAgent { name, spec, reply }).await
+    async fn put_agent(&self, tenant: &str, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
+        let (tenant, name, spec) = (tenant.to_owned(), name.to_owned(), Box::new(spec.clone()));
+        self.write(|reply| WriteOp::PutAgent { tenant, name, spec, reply }).await
     }
 
-    async fn get_agent(&self, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError> {
-        let name = name.to_owned();
-        self.readers.run(move |c| read::get_agent(c, &name, version)).await
+    async fn get_agent(&self, tenant: &str, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError> {
+        let (tenant, name) = (tenant.to_owned(), name.to_owned());
+        self.readers.run(move |c| read::get_agent(c, &tenant, &name, version)).await
     }
 
-    async fn list_agents(&self) -> Result<Vec<AgentInfo>, StoreError> {
-        self.readers.run(read::list_agents).await
+    async fn list_agents(&self, tenant: &str) -> Result<Vec<AgentInfo>, StoreError> {
+        let tenant = tenant.to_owned();
+        self.readers.run(move |c| read::list_agents(c, &tenant)).await
     }
 
     async fn create_session(&self, new: NewSession) -> Result<(SessionSummary, Event), StoreError> {
@@ -162,6 +176,69 @@ impl Store for SqliteStore {
     async fn kv_set(&self, session: &SessionId, key: &str, value: &Value) -> Result<(), StoreError> {
         let (session, key, value) = (session.clone(), key.to_owned(), value.clone());
         self.write(|reply| WriteOp::KvSet { session, key, value, reply }).await
+    }
+
+    async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
+        let name = name.to_owned();
+        self.write_with(move |tx| identity::create_tenant(tx, &name)).await
+    }
+
+    async fn get_tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        let name = name.to_owned();
+        self.readers.run(move |c| identity::get_tenant(c, &name)).await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.readers.run(identity::list_tenants).await
+    }
+
+    async fn create_api_key(&self, key: &ApiKey, hash: &str) -> Result<(), StoreError> {
+        let (key, hash) = (key.clone(), hash.to_owned());
+        self.write_with(move |tx| identity::create_api_key(tx, &key, &hash)).await
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        let hash = hash.to_owned();
+        self.readers.run(move |c| identity::api_key_by_hash(c, &hash)).await
+    }
+
+    async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let tenant = tenant.to_owned();
+        self.readers.run(move |c| identity::list_api_keys(c, &tenant)).await
+    }
+
+    async fn count_active_api_keys(&self) -> Result<u64, StoreError> {
+        self.readers.run(identity::count_active_api_keys).await
+    }
+
+    async fn revoke_api_key(&self, tenant: &str, id: &KeyId) -> Result<Option<ApiKey>, StoreError> {
+        let (tenant, id) = (tenant.to_owned(), id.clone());
+        self.write_with(move |tx| identity::revoke_api_key(tx, &tenant, &id)).await
+    }
+
+    async fn put_policies(&self, tenant: &str, text: &str, schema: Option<&str>, by: &str) -> Result<PolicyVersion, StoreError> {
+        let (tenant, text, schema, by) = (tenant.to_owned(), text.to_owned(), schema.map(str::to_owned), by.to_owned());
+        self.write_with(move |tx| identity::put_policies(tx, &tenant, &text, schema.as_deref(), &by)).await
+    }
+
+    async fn get_policies(&self, tenant: &str, version: Option<u32>) -> Result<Option<PolicyVersion>, StoreError> {
+        let tenant = tenant.to_owned();
+        self.readers.run(move |c| identity::get_policies(c, &tenant, version)).await
+    }
+
+    async fn get_approval(&self, id: &ApprovalId) -> Result<Option<Approval>, StoreError> {
+        let id = id.clone();
+        self.readers.run(move |c| approvals::get(c, &id)).await
+    }
+
+    async fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
+        let filter = filter.clone();
+        self.readers.run(move |c| approvals::list(c, &filter)).await
+    }
+
+    async fn setting_or_init(&self, key: &str, init: &str) -> Result<String, StoreError> {
+        let (key, init) = (key.to_owned(), init.to_owned());
+        self.write_with(move |tx| identity::setting_or_init(tx, &key, &init)).await
     }
 }
 

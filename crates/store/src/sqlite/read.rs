@@ -61,37 +61,34 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, St
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-pub fn get_agent(conn: &Connection, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError> {
-    let row = match version {
-        Some(v) => conn
-            .query_row("SELECT version, spec, created_ms FROM agents WHERE name = ?1 AND version = ?2", params![name, v], |r| {
-                Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-            })
-            .optional(),
-        None => conn
-            .query_row("SELECT version, spec, created_ms FROM agents WHERE name = ?1 ORDER BY version DESC LIMIT 1", params![name], |r| {
-                Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-            })
-            .optional(),
-    }
-    .map_err(db)?;
+pub fn get_agent(conn: &Connection, tenant: &str, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT version, spec, created_ms FROM agents WHERE tenant = ?1 AND name = ?2 AND (?3 IS NULL OR version = ?3)
+             ORDER BY version DESC LIMIT 1",
+        )
+        .map_err(db)?
+        .query_row(params![tenant, name, version], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+        .optional()
+        .map_err(db)?;
     row.map(|(version, spec, created_ms)| {
         Ok(AgentVersion { name: name.to_owned(), version, spec: parse(&spec, "agent spec")?, created_ms })
     })
     .transpose()
 }
 
-pub fn list_agents(conn: &Connection) -> Result<Vec<AgentInfo>, StoreError> {
+pub fn list_agents(conn: &Connection, tenant: &str) -> Result<Vec<AgentInfo>, StoreError> {
     let mut stmt = conn
         .prepare(
             "SELECT a.name, a.version, a.spec, f.first_ms, a.created_ms FROM agents a
-             JOIN (SELECT name, MAX(version) AS v, MIN(created_ms) AS first_ms FROM agents GROUP BY name) f
+             JOIN (SELECT name, MAX(version) AS v, MIN(created_ms) AS first_ms FROM agents WHERE tenant = ?1 GROUP BY name) f
                ON a.name = f.name AND a.version = f.v
+             WHERE a.tenant = ?1
              ORDER BY a.name",
         )
         .map_err(db)?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map(params![tenant], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
         })
         .map_err(db)?;
@@ -115,14 +112,12 @@ pub fn list_sessions(conn: &Connection, f: &SessionFilter) -> Result<Vec<Session
         .prepare_cached(
             "SELECT summary FROM sessions
              WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
+               AND (?5 IS NULL OR tenant = ?5)
              ORDER BY id DESC LIMIT ?4",
         )
         .map_err(db)?;
-    let rows = stmt
-        .query_map(params![f.agent, f.status.map(|s| s.as_str()), f.before.as_ref().map(|b| b.as_str()), f.limit as i64], |r| {
-            r.get::<_, String>(0)
-        })
-        .map_err(db)?;
+    let args = params![f.agent, f.status.map(|s| s.as_str()), f.before.as_ref().map(|b| b.as_str()), f.limit as i64, f.tenant];
+    let rows = stmt.query_map(args, |r| r.get::<_, String>(0)).map_err(db)?;
     rows.map(|r| parse(&r.map_err(db)?, "session summary")).collect()
 }
 

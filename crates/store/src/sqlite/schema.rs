@@ -6,7 +6,8 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Migrations in order; `user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     name        TEXT NOT NULL,
     version     INTEGER NOT NULL,
@@ -57,7 +58,66 @@ CREATE TABLE kv (
     value       TEXT NOT NULL,
     PRIMARY KEY (session_id, key)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+CREATE TABLE agents_v2 (
+    tenant      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    spec        TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name, version)
+) WITHOUT ROWID;
+INSERT INTO agents_v2 (tenant, name, version, spec, created_ms) SELECT 'default', name, version, spec, created_ms FROM agents;
+DROP TABLE agents;
+ALTER TABLE agents_v2 RENAME TO agents;
+
+ALTER TABLE sessions ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX sessions_by_tenant ON sessions (tenant, id);
+
+CREATE TABLE tenants (
+    name        TEXT PRIMARY KEY,
+    created_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO tenants (name, created_ms) VALUES ('default', CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    created_ms  INTEGER NOT NULL,
+    revoked_ms  INTEGER
+) WITHOUT ROWID;
+
+CREATE TABLE policies (
+    tenant      TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    text        TEXT NOT NULL,
+    schema      TEXT,
+    created_ms  INTEGER NOT NULL,
+    created_by  TEXT NOT NULL,
+    PRIMARY KEY (tenant, version)
+) WITHOUT ROWID;
+
+CREATE TABLE approvals (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    session_id  TEXT NOT NULL,
+    turn_id     TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    summary     TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX approvals_by_tenant ON approvals (tenant, status, id);
+CREATE INDEX approvals_by_turn ON approvals (session_id, turn_id, status);
+
+CREATE TABLE settings (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
+];
 
 /// Brings the schema up to date.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

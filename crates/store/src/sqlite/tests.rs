@@ -16,7 +16,10 @@ fn open() -> (tempfile::TempDir, SqliteStore) {
 
 async fn session(store: &SqliteStore) -> SessionId {
     let id = SessionId::generate();
-    store.create_session(NewSession { id: id.clone(), agent: "a".into(), agent_version: 1, metadata: json!({}) }).await.unwrap();
+    store
+        .create_session(NewSession { id: id.clone(), tenant: "default".into(), agent: "a".into(), agent_version: 1, metadata: json!({}) })
+        .await
+        .unwrap();
     id
 }
 
@@ -32,12 +35,12 @@ fn client(id: &SessionId, events: Vec<agentrt_types::NewEvent>) -> AppendRequest
 async fn agent_versions_are_immutable_and_numbered() {
     let (_d, store) = open();
     let spec = AgentSpec::parse("[model]\nprovider = \"scripted\"", SpecFormat::Toml).unwrap();
-    assert_eq!(store.put_agent("x", &spec).await.unwrap().version, 1);
-    assert_eq!(store.put_agent("x", &spec).await.unwrap().version, 2);
-    assert_eq!(store.get_agent("x", None).await.unwrap().unwrap().version, 2);
-    assert_eq!(store.get_agent("x", Some(1)).await.unwrap().unwrap().version, 1);
-    assert!(store.get_agent("x", Some(3)).await.unwrap().is_none());
-    let list = store.list_agents().await.unwrap();
+    assert_eq!(store.put_agent("default", "x", &spec).await.unwrap().version, 1);
+    assert_eq!(store.put_agent("default", "x", &spec).await.unwrap().version, 2);
+    assert_eq!(store.get_agent("default", "x", None).await.unwrap().unwrap().version, 2);
+    assert_eq!(store.get_agent("default", "x", Some(1)).await.unwrap().unwrap().version, 1);
+    assert!(store.get_agent("default", "x", Some(3)).await.unwrap().is_none());
+    let list = store.list_agents("default").await.unwrap();
     assert_eq!((list.len(), list[0].latest_version), (1, 2));
 }
 
@@ -162,4 +165,113 @@ async fn reopening_keeps_everything_and_newer_schema_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     assert!(matches!(SqliteStore::open(&path), Err(StoreError::SchemaTooNew { found: 99, .. })));
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_agents_and_sessions() {
+    let (_d, store) = open();
+    store.create_tenant("acme").await.unwrap();
+    assert!(matches!(store.create_tenant("acme").await, Err(StoreError::Conflict(_))));
+    let spec = AgentSpec::parse("[model]\nprovider = \"scripted\"", SpecFormat::Toml).unwrap();
+    store.put_agent("acme", "x", &spec).await.unwrap();
+    assert!(store.get_agent("default", "x", None).await.unwrap().is_none());
+    assert_eq!(store.put_agent("default", "x", &spec).await.unwrap().version, 1, "versions are numbered per tenant");
+    assert_eq!(store.list_agents("acme").await.unwrap().len(), 1);
+    let id = SessionId::generate();
+    let new = NewSession { id: id.clone(), tenant: "acme".into(), agent: "x".into(), agent_version: 1, metadata: json!({}) };
+    store.create_session(new).await.unwrap();
+    assert_eq!(store.get_session(&id).await.unwrap().unwrap().tenant, "acme");
+    let mine = SessionFilter { tenant: Some("acme".into()), limit: 10, ..Default::default() };
+    assert_eq!(store.list_sessions(&mine).await.unwrap().len(), 1);
+    let theirs = SessionFilter { tenant: Some("default".into()), limit: 10, ..Default::default() };
+    assert!(store.list_sessions(&theirs).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn api_keys_are_found_by_hash_and_revoked_per_tenant() {
+    let (_d, store) = open();
+    let key = crate::ApiKey {
+        id: agentrt_types::KeyId::generate(),
+        tenant: "default".into(),
+        name: "ci".into(),
+        role: agentrt_types::Role::Operator,
+        created_ms: 1,
+        revoked_ms: None,
+    };
+    let missing_tenant = crate::ApiKey { tenant: "nope".into(), id: agentrt_types::KeyId::generate(), ..key.clone() };
+    assert!(matches!(store.create_api_key(&missing_tenant, "h0").await, Err(StoreError::NotFound(_))));
+    store.create_api_key(&key, "h1").await.unwrap();
+    assert_eq!(store.api_key_by_hash("h1").await.unwrap(), Some(key.clone()));
+    assert_eq!(store.count_active_api_keys().await.unwrap(), 1);
+    assert_eq!(store.revoke_api_key("other", &key.id).await.unwrap(), None, "another tenant cannot revoke it");
+    let revoked = store.revoke_api_key("default", &key.id).await.unwrap().unwrap();
+    assert!(revoked.revoked_ms.is_some());
+    assert_eq!(store.count_active_api_keys().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn approvals_follow_their_events_and_are_decided_once() {
+    use agentrt_types::event::ApprovalDecision;
+    use agentrt_types::ApprovalId;
+    let (_d, store) = open();
+    let id = session(&store).await;
+    let turn = TurnId::generate();
+    let approval = ApprovalId::generate();
+    let requested = EventData::ApprovalRequested {
+        approval_id: approval.clone(),
+        turn_id: turn.clone(),
+        step: 2,
+        call_id: "c1".into(),
+        tool: "pay".into(),
+        arguments: json!({"amount": 5}),
+        reason: "r".into(),
+        policies: vec!["p".into()],
+        expires_ms: None,
+    };
+    store.append(client(&id, vec![submit(&turn, None), requested.into()])).await.unwrap();
+    assert_eq!(store.get_session(&id).await.unwrap().unwrap().status, SessionStatus::WaitingApproval);
+    let pending =
+        crate::ApprovalFilter { tenant: "default".into(), status: Some(crate::ApprovalStatus::Pending), limit: 10, ..Default::default() };
+    assert_eq!(store.list_approvals(&pending).await.unwrap().len(), 1);
+    let decide = |d| AppendRequest {
+        session_id: id.clone(),
+        fence: Fence::Client,
+        precondition: Some(Precondition::ApprovalPending(approval.clone())),
+        events: vec![EventData::ApprovalDecided {
+            approval_id: approval.clone(),
+            turn_id: turn.clone(),
+            call_id: "c1".into(),
+            decision: d,
+            approver: "me".into(),
+            comment: None,
+        }
+        .into()],
+    };
+    store.append(decide(ApprovalDecision::Approved)).await.unwrap();
+    assert!(matches!(store.append(decide(ApprovalDecision::Denied)).await, Err(StoreError::PreconditionFailed(_))));
+    let a = store.get_approval(&approval).await.unwrap().unwrap();
+    assert_eq!((a.status, a.approver.as_deref()), (crate::ApprovalStatus::Approved, Some("me")));
+    assert_eq!(store.get_session(&id).await.unwrap().unwrap().status, SessionStatus::Running);
+    let other = crate::ApprovalFilter { tenant: "acme".into(), limit: 10, ..Default::default() };
+    assert!(store.list_approvals(&other).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_store_from_before_tenants_is_migrated_to_the_default_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agentrt.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(super::schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO agents (name, version, spec, created_ms) VALUES ('old', 1, ?1, 5)",
+            [r#"{"model":{"provider":"scripted"}}"#],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let got = store.get_agent("default", "old", None).await;
+    assert!(got.as_ref().is_ok_and(|a| a.as_ref().is_some_and(|a| a.version == 1)), "{got:?}");
+    assert_eq!(store.list_tenants().await.unwrap().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["default"]);
 }

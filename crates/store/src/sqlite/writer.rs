@@ -22,6 +22,7 @@ const MAX_GROUP: usize = 512;
 /// A write request with the channel its answer goes back on.
 pub enum WriteOp {
     PutAgent {
+        tenant: String,
         name: String,
         spec: Box<AgentSpec>,
         reply: oneshot::Sender<Result<AgentVersion, StoreError>>,
@@ -58,6 +59,25 @@ pub enum WriteOp {
         value: Value,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Any other write: runs inside the group's transaction and returns
+    /// what sends its reply once the commit is known.
+    Run(Box<dyn FnOnce(&Transaction<'_>) -> Reply + Send>),
+}
+
+/// Sends a [`WriteOp::Run`]'s reply, given the commit error if any.
+pub type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+impl WriteOp {
+    /// A write running `f` in a savepoint, answered on `reply` after commit.
+    pub fn run<T: Send + 'static>(
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        reply: oneshot::Sender<Result<T, StoreError>>,
+    ) -> WriteOp {
+        WriteOp::Run(Box::new(move |tx| {
+            let r = scoped(tx, f);
+            Box::new(move |commit_err| drop(reply.send(pick(r, commit_err))))
+        }))
+    }
 }
 
 /// Result of one op, held until the group commits.
@@ -68,17 +88,12 @@ enum Done {
     Lease(oneshot::Sender<Result<Option<u64>, StoreError>>, Result<Option<u64>, StoreError>),
     Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Count(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
+    Run(Reply),
 }
 
 impl Done {
     /// Sends the op's result, or `err` if the commit failed.
     fn send(self, commit_err: Option<&str>) {
-        fn pick<T>(r: Result<T, StoreError>, e: Option<&str>) -> Result<T, StoreError> {
-            match e {
-                Some(msg) => Err(StoreError::Database(format!("commit failed: {msg}"))),
-                None => r,
-            }
-        }
         // A dropped receiver means the caller went away; nothing to do.
         match self {
             Done::PutAgent(tx, r) => drop(tx.send(pick(r, commit_err))),
@@ -87,8 +102,26 @@ impl Done {
             Done::Lease(tx, r) => drop(tx.send(pick(r, commit_err))),
             Done::Unit(tx, r) => drop(tx.send(pick(r, commit_err))),
             Done::Count(tx, r) => drop(tx.send(pick(r, commit_err))),
+            Done::Run(reply) => reply(commit_err),
         }
     }
+}
+
+/// The op's own result, or the commit's failure.
+fn pick<T>(r: Result<T, StoreError>, e: Option<&str>) -> Result<T, StoreError> {
+    match e {
+        Some(msg) => Err(StoreError::Database(format!("commit failed: {msg}"))),
+        None => r,
+    }
+}
+
+/// Runs `f` in a savepoint, rolled back if it fails.
+fn scoped<T>(tx: &Transaction<'_>, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    tx.execute_batch("SAVEPOINT op").map_err(db)?;
+    let r = f(tx);
+    let end = if r.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+    tx.execute_batch(end).map_err(db)?;
+    r
 }
 
 /// How long the writer polls for the next request after a commit before it
@@ -157,20 +190,15 @@ fn fail(op: WriteOp, msg: &str) {
         WriteOp::ReleaseLease { reply, .. } => drop(reply.send(Err(e()))),
         WriteOp::RenewLeases { reply, .. } => drop(reply.send(Err(e()))),
         WriteOp::KvSet { reply, .. } => drop(reply.send(Err(e()))),
+        WriteOp::Run(f) => drop(f),
     }
 }
 
 /// Runs one op inside a savepoint, rolled back if the op fails.
 fn apply_in_savepoint(tx: &Transaction<'_>, op: WriteOp) -> Done {
-    fn scoped<T>(tx: &Transaction<'_>, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        tx.execute_batch("SAVEPOINT op").map_err(db)?;
-        let r = f(tx);
-        let end = if r.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
-        tx.execute_batch(end).map_err(db)?;
-        r
-    }
     match op {
-        WriteOp::PutAgent { name, spec, reply } => Done::PutAgent(reply, scoped(tx, |tx| put_agent(tx, &name, &spec))),
+        WriteOp::Run(f) => Done::Run(f(tx)),
+        WriteOp::PutAgent { tenant, name, spec, reply } => Done::PutAgent(reply, scoped(tx, |tx| put_agent(tx, &tenant, &name, &spec))),
         WriteOp::CreateSession { new, reply } => Done::CreateSession(reply, scoped(tx, |tx| create_session(tx, new))),
         WriteOp::Append { request, reply } => Done::Append(reply, scoped(tx, |tx| append(tx, request))),
         WriteOp::AcquireLease { session, holder, ttl_ms, force, reply } => {
@@ -211,13 +239,17 @@ fn apply_in_savepoint(tx: &Transaction<'_>, op: WriteOp) -> Done {
     }
 }
 
-fn put_agent(tx: &Transaction<'_>, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
-    let latest: Option<u32> = tx.query_row("SELECT MAX(version) FROM agents WHERE name = ?1", params![name], |r| r.get(0)).map_err(db)?;
+fn put_agent(tx: &Transaction<'_>, tenant: &str, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
+    let latest: Option<u32> =
+        tx.query_row("SELECT MAX(version) FROM agents WHERE tenant = ?1 AND name = ?2", params![tenant, name], |r| r.get(0)).map_err(db)?;
     let version = latest.unwrap_or(0) + 1;
     let created_ms = now_ms();
     let text = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.execute("INSERT INTO agents (name, version, spec, created_ms) VALUES (?1, ?2, ?3, ?4)", params![name, version, text, created_ms])
-        .map_err(db)?;
+    tx.execute(
+        "INSERT INTO agents (tenant, name, version, spec, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![tenant, name, version, text, created_ms],
+    )
+    .map_err(db)?;
     Ok(AgentVersion { name: name.to_owned(), version, spec: spec.clone(), created_ms })
 }
 
@@ -227,14 +259,19 @@ fn create_session(tx: &Transaction<'_>, new: NewSession) -> Result<(SessionSumma
         seq: 1,
         session_id: new.id.clone(),
         ts: now_ms(),
-        data: EventData::SessionCreated { agent: new.agent.clone(), agent_version: new.agent_version, metadata: new.metadata },
+        data: EventData::SessionCreated {
+            agent: new.agent.clone(),
+            agent_version: new.agent_version,
+            metadata: new.metadata,
+            tenant: new.tenant.clone(),
+        },
     };
     let (event, text) = Event::seal(body, GENESIS_HASH);
     let summary = SessionSummary::from_created(&event).expect("event is session.created");
     insert_event(tx, &event, &text)?;
     tx.execute(
-        "INSERT INTO sessions (id, agent, status, created_ms, summary, last_seq, last_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![new.id.as_str(), new.agent, summary.status.as_str(), summary.created_ms, to_json(&summary)?, 1i64, event.hash],
+        "INSERT INTO sessions (id, agent, status, created_ms, summary, last_seq, last_hash, tenant) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![new.id.as_str(), new.agent, summary.status.as_str(), summary.created_ms, to_json(&summary)?, 1i64, event.hash, new.tenant],
     )
     .map_err(db)?;
     Ok((summary, event))
@@ -296,6 +333,9 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
             )));
         }
     }
+    if let Some(Precondition::ApprovalPending(approval)) = &req.precondition {
+        super::approvals::check_pending(tx, id, approval)?;
+    }
     let ts = now_ms();
     let mut out = Vec::with_capacity(req.events.len());
     for new in req.events {
@@ -303,6 +343,7 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
         let (event, text) = Event::seal(body, &row.last_hash);
         insert_event(tx, &event, &text)?;
         apply_to_turn(tx, &event)?;
+        super::approvals::apply(tx, &row.summary.tenant, &event)?;
         row.summary.apply(&event);
         row.last_hash = event.hash.clone();
         out.push(event);
@@ -397,6 +438,6 @@ fn insert_event(tx: &Transaction<'_>, event: &Event, text: &str) -> Result<(), S
     Ok(())
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
