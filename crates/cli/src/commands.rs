@@ -104,6 +104,14 @@ pub enum SessionCommand {
     Cancel { id: String, turn_id: String },
     /// Terminate a session (its log is kept).
     Terminate { id: String },
+    /// Issue a short-lived credential that may read only this session;
+    /// prints the token alone (`TOKEN=$(agentrt session credential ID)`).
+    Credential {
+        id: String,
+        /// Seconds until it expires [default: the server's].
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
 }
 
 pub async fn agent(ctx: &Ctx, cmd: AgentCommand) -> anyhow::Result<ExitCode> {
@@ -237,6 +245,10 @@ pub async fn session(ctx: &Ctx, cmd: SessionCommand) -> anyhow::Result<ExitCode>
         SessionCommand::Terminate { id } => {
             let v = c.send(c.request(Method::DELETE, &format!("/v1/sessions/{id}"))).await?;
             ctx.print_json_or(&v, |v| output::line(&format!("session {} {}", id, v["status"].as_str().unwrap_or(""))));
+        }
+        SessionCommand::Credential { id, ttl } => {
+            let v = c.post(&format!("/v1/sessions/{id}/credentials"), &json!({"ttl_seconds": ttl})).await?;
+            ctx.print_json_or(&v, |v| output::line(v["token"].as_str().unwrap_or("")));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,9 +1,11 @@
 //! `agentrt`: the runtime server and its command-line client in one binary.
 
+mod approvals;
 mod audit;
 mod client;
 mod commands;
 mod config;
+mod governance;
 mod mcp;
 mod output;
 mod render;
@@ -93,6 +95,20 @@ enum Command {
     /// Run commands and copy files in a session's sandbox.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Show who the API key (or session credential) in use belongs to.
+    Whoami,
+    /// Create and list tenants (admins of the default tenant).
+    #[command(subcommand)]
+    Tenants(governance::TenantsCommand),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(governance::KeysCommand),
+    /// Upload and read the tenant's Cedar policies.
+    #[command(subcommand)]
+    Policies(governance::PoliciesCommand),
+    /// List, approve and deny tool calls waiting for a human.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
 }
 
 #[derive(Subcommand)]
@@ -143,5 +159,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(c) => audit::audit(&ctx, c).await,
         Command::Mcp(c) => mcp::mcp(&ctx, c).await,
         Command::Sandbox(c) => sandbox::sandbox(&ctx, c).await,
+        Command::Whoami => governance::whoami(&ctx).await,
+        Command::Tenants(c) => governance::tenants(&ctx, c).await,
+        Command::Keys(c) => governance::keys(&ctx, c).await,
+        Command::Policies(c) => governance::policies(&ctx, c).await,
+        Command::Approvals(c) => approvals::approvals(&ctx, c).await,
     }
 }
