@@ -28,14 +28,20 @@ pub async fn idle_sessions(bin: &Path, base: &Path, sessions: usize) -> anyhow::
         .with_context(|| format!("start {}", bin.display()))?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
+    let mut key = String::new();
     let url = loop {
         let line = lines.next().ok_or_else(|| anyhow!("server exited"))??;
+        if line.starts_with("agentrt admin key") {
+            key = line.rsplit(' ').next().unwrap_or_default().to_owned();
+        }
         if let Some(u) = line.strip_prefix("agentrt listening on ") {
             break u.trim().to_owned();
         }
     };
     let result = async {
-        let http = reqwest::Client::new();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse()?);
+        let http = reqwest::Client::builder().default_headers(headers).build()?;
         let r = http.put(format!("{url}/v1/agents/idle")).body("[model]\nprovider = \"scripted\"\n").send().await?;
         if r.status() != 201 {
             return Err(anyhow!("register agent: {}", r.status()));

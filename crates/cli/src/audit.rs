@@ -17,7 +17,6 @@ use clap::Subcommand;
 
 use crate::client::Client;
 use crate::commands::Ctx;
-use crate::governance::get_text;
 use crate::output;
 
 #[derive(Subcommand)]
@@ -192,7 +191,7 @@ async fn export(ctx: &Ctx, session: Option<String>, since: Option<&str>, out: Op
             Some(ms) => format!("/v1/sessions/{id}/audit?since={ms}"),
             None => format!("/v1/sessions/{id}/audit"),
         };
-        let text = get_text(&c, &path).await.with_context(|| format!("export session {id}"))?;
+        let text = c.get_text(&path).await.with_context(|| format!("export session {id}"))?;
         events += text.lines().filter(|l| !l.trim().is_empty()).count();
         match &mut file {
             Some((tmp, w)) => w.write_all(text.as_bytes()).with_context(|| format!("write {}", tmp.display()))?,

@@ -34,13 +34,20 @@ impl Client {
 
     /// Sends a request and returns the JSON body, or the API's error as one line.
     pub async fn send(&self, req: RequestBuilder) -> anyhow::Result<Value> {
+        let text = self.send_text(req).await?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Sends a request and returns the body as text (plain text, JSON
+    /// Lines), or the API's error as one line.
+    pub async fn send_text(&self, req: RequestBuilder) -> anyhow::Result<String> {
         let resp = req.send().await.map_err(|e| anyhow!("cannot reach agentrt at {}: {}", self.base, root_cause(&e)))?;
         let status = resp.status();
         let text = resp.text().await.context("read response")?;
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
-            return Ok(body);
+            return Ok(text);
         }
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         let code = body["error"]["code"].as_str().unwrap_or("error");
         let message = body["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| body.to_string());
         let details: Vec<String> = body["error"]["details"]
@@ -52,6 +59,11 @@ impl Client {
         } else {
             Err(anyhow!("{code}: {}", details.join("; ")))
         }
+    }
+
+    /// GETs a body that is not JSON, as text.
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        self.send_text(self.request(Method::GET, path)).await
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {

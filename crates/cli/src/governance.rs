@@ -11,7 +11,6 @@ use clap::{Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::Client;
 use crate::commands::Ctx;
 use crate::output;
 
@@ -111,22 +110,6 @@ pub fn age(ms: &Value, now_ms: i64) -> String {
         60..=3599 => format!("{}m", s / 60),
         3600..=86_399 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86_400),
-    }
-}
-
-/// GETs a non-JSON body (plain text, JSON Lines) as text; API errors
-/// become one line like [`Client::send`]'s.
-pub async fn get_text(c: &Client, path: &str) -> anyhow::Result<String> {
-    let resp = c.request(Method::GET, path).send().await.map_err(|e| anyhow!("cannot reach agentrt: {e}"))?;
-    let status = resp.status();
-    let body = resp.text().await.context("read response")?;
-    if status.is_success() {
-        return Ok(body);
-    }
-    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    match (v["error"]["code"].as_str(), v["error"]["message"].as_str()) {
-        (Some(code), Some(message)) => Err(anyhow!("{code}: {message}")),
-        _ => Err(anyhow!("HTTP {status}: {}", clip(body.trim(), 200))),
     }
 }
 
@@ -259,7 +242,7 @@ pub async fn policies(ctx: &Ctx, cmd: PoliciesCommand) -> anyhow::Result<ExitCod
             // The Cedar text alone, so `policies get > p.cedar` round-trips.
             print(ctx, &v, |v| output::partial(&with_newline(text(&v["text"]))));
         }
-        PoliciesCommand::Schema => output::partial(&with_newline(&get_text(&c, "/v1/policies/schema").await?)),
+        PoliciesCommand::Schema => output::partial(&with_newline(&c.get_text("/v1/policies/schema").await?)),
     }
     Ok(ExitCode::SUCCESS)
 }

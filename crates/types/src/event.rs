@@ -497,6 +497,32 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_verifies_from_its_first_link_and_names_edits() {
+        let c = chain(6);
+        assert_eq!(verify_segment(c[2..].to_vec()), Ok((3, 6)));
+        assert_eq!(verify_segment(c.clone()), Ok((1, 6)));
+        let mut edited = c[2..].to_vec();
+        edited[1].body_text = edited[1].body_text.replace("r4", "rX");
+        assert_eq!(verify_segment(edited), Err(ChainError::Tampered { seq: 4 }));
+        let mut gap = c[2..].to_vec();
+        gap.remove(1);
+        assert_eq!(verify_segment(gap), Err(ChainError::Gap { seq: 5, expected: 4 }));
+        let mut forged_start = c.clone();
+        forged_start[0].prev_hash = "f".repeat(64);
+        assert_eq!(verify_segment(forged_start), Err(ChainError::BrokenLink { seq: 1, prev: 0 }));
+        assert_eq!(verify_chain(c[2..].to_vec()), Err(ChainError::Gap { seq: 3, expected: 1 }), "a full chain starts at 1");
+    }
+
+    #[test]
+    fn audit_records_keep_the_stored_body_verbatim() {
+        let c = chain(2);
+        let id = SessionId::generate();
+        let line = serde_json::to_string(&AuditRecord::new(&id, c[1].clone()).unwrap()).unwrap();
+        let back: AuditRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.into_stored().body_text, c[1].body_text);
+    }
+
+    #[test]
     fn intact_chain_verifies() {
         assert_eq!(verify_chain(chain(5)), Ok(5));
     }
