@@ -37,6 +37,36 @@ pub async fn list_tenants(State(s): State<AppState>, caller: Caller) -> Result<J
     Ok(Json(json!({"tenants": s.engine.list_tenants().await?})))
 }
 
+/// A tenant: its own admins and the default tenant's admins may read it.
+pub async fn get_tenant(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    if name != caller.tenant() {
+        caller.require_system_admin().map_err(|_| tenant_not_found(&name))?;
+    }
+    Ok(Json(json!(s.engine.get_tenant(&name).await?)))
+}
+
+fn tenant_not_found(name: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("tenant {name:?} not found"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    /// Tool calls per second over all the tenant's sessions; `null` lifts it.
+    tool_calls_per_second: Option<f64>,
+}
+
+/// Sets a tenant's limits (admins of the default tenant).
+pub async fn patch_tenant(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    JsonBody(b): JsonBody<TenantLimits>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_system_admin()?;
+    Ok(Json(json!(s.engine.set_tenant_limits(&name, b.tool_calls_per_second).await?)))
+}
+
 // ----- API keys -----
 
 #[derive(Deserialize)]

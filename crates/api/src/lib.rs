@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/credentials", post(gov::issue_credential))
         .route("/v1/whoami", get(gov::whoami))
         .route("/v1/tenants", get(gov::list_tenants).post(gov::create_tenant))
+        .route("/v1/tenants/{name}", get(gov::get_tenant).patch(gov::patch_tenant))
         .route("/v1/keys", get(gov::list_keys).post(gov::create_key))
         .route("/v1/keys/{id}", delete(gov::revoke_key))
         .route("/v1/policies", get(gov::get_policies).put(gov::put_policies))

@@ -96,6 +96,9 @@ impl Store for TimedStore {
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         self.inner.list_tenants().await
     }
+    async fn set_tenant_limits(&self, name: &str, tool_calls_per_second: Option<f64>) -> Result<Option<Tenant>, StoreError> {
+        self.inner.set_tenant_limits(name, tool_calls_per_second).await
+    }
     async fn create_api_key(&self, key: &ApiKey, hash: &str) -> Result<(), StoreError> {
         self.inner.create_api_key(key, hash).await
     }

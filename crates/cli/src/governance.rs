@@ -20,6 +20,14 @@ pub enum TenantsCommand {
     Create { name: String },
     /// List tenants (admins of the default tenant only).
     List,
+    /// Limit a tenant's tool calls per second, over all its sessions
+    /// (admins of the default tenant only).
+    SetLimit {
+        name: String,
+        /// Calls per second; leave out to lift the limit.
+        #[arg(long)]
+        tool_calls_per_second: Option<f64>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -143,13 +151,26 @@ pub async fn tenants(ctx: &Ctx, cmd: TenantsCommand) -> anyhow::Result<ExitCode>
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|t| vec![text(&t["name"]).to_owned(), time(&t["created_ms"])])
+                    .map(|t| vec![text(&t["name"]).to_owned(), time(&t["created_ms"]), limit(&t["tool_calls_per_second"])])
                     .collect();
-                output::table(&["NAME", "CREATED"], &rows);
+                output::table(&["NAME", "CREATED", "TOOL CALLS/S"], &rows);
+            });
+        }
+        TenantsCommand::SetLimit { name, tool_calls_per_second } => {
+            let req = c
+                .request(reqwest::Method::PATCH, &format!("/v1/tenants/{name}"))
+                .json(&json!({"tool_calls_per_second": tool_calls_per_second}));
+            let v = c.send(req).await?;
+            print(ctx, &v, |v| {
+                output::line(&format!("tenant {}: tool calls per second {}", text(&v["name"]), limit(&v["tool_calls_per_second"])))
             });
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn limit(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "unlimited".to_owned(), |r| r.to_string())
 }
 
 pub async fn keys(ctx: &Ctx, cmd: KeysCommand) -> anyhow::Result<ExitCode> {

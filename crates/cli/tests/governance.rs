@@ -103,6 +103,7 @@ async fn another_tenants_ids_are_not_found_on_every_endpoint() {
         (Method::GET, "/v1/agents/payer/versions/1".into(), None),
         (Method::POST, "/v1/sessions".into(), Some(json!({"agent": "payer"}))),
         (Method::DELETE, format!("/v1/keys/{own_key}"), None),
+        (Method::GET, "/v1/tenants/default".into(), None),
     ];
     for (method, path, body) in probes {
         let (s, v) = call_as(&server, &acme, method.clone(), &path, body).await;
@@ -328,4 +329,55 @@ async fn cancelling_a_waiting_turn_cancels_its_approvals() {
     assert_eq!(s, 409);
     assert_eq!(counter.count("pay"), 0);
     assert_eq!(server.get(&format!("/v1/sessions/{session}")).await["status"], "idle");
+}
+
+#[tokio::test]
+async fn a_tenants_tool_call_rate_is_shared_by_its_agents_and_no_one_elses() {
+    const ECHOER: &str = r#"
+[model]
+provider = "scripted"
+script = [
+  { tool_calls = [{ name = "echo", arguments = { n = 1 } }, { name = "echo", arguments = { n = 2 } }] },
+  { text = "done" },
+]
+[tools.router]
+rate_limit_wait_ms = 0
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (s, _) = server.post("/v1/tenants", json!({"name": "acme"})).await;
+    assert_eq!(s, 201);
+    let (s, v) = server.call(Method::PATCH, "/v1/tenants/acme", Some(json!({"tool_calls_per_second": 0.01}))).await;
+    assert_eq!((s, v["tool_calls_per_second"].as_f64()), (200, Some(0.01)), "{v}");
+    let (s, _) = server.call(Method::PATCH, "/v1/tenants/acme", Some(json!({"tool_calls_per_second": -1}))).await;
+    assert_eq!(s, 422);
+    let (_, key) = server.post("/v1/keys", json!({"name": "a", "role": "admin", "tenant": "acme"})).await;
+    let acme = key["secret"].as_str().unwrap().to_owned();
+    let outcomes = |events: &[Value]| -> Vec<String> {
+        events.iter().filter(|e| e["type"] == "tool.completed").map(|e| e["outcome"].as_str().unwrap().to_owned()).collect()
+    };
+    // Two agents of acme: three of their four calls find the tenant's bucket empty.
+    let mut acme_outcomes = Vec::new();
+    for agent in ["one", "two"] {
+        let resp = client_with(&acme).put(format!("{}/v1/agents/{agent}", server.url)).body(ECHOER).send().await.unwrap();
+        assert_eq!(resp.status(), 201);
+        let (_, s) = call_as(&server, &acme, Method::POST, "/v1/sessions", Some(json!({"agent": agent}))).await;
+        let id = s["id"].as_str().unwrap().to_owned();
+        let (_, t) = call_as(&server, &acme, Method::POST, &format!("/v1/sessions/{id}/turns?wait=30"), Some(json!({"input": "go"}))).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        let (_, page) = call_as(&server, &acme, Method::GET, &format!("/v1/sessions/{id}/events"), None).await;
+        let events = page["events"].as_array().unwrap().clone();
+        acme_outcomes.extend(outcomes(&events));
+        for out in tool_outputs(&events, "echo").iter().filter_map(|o| o["error"].as_str()) {
+            assert!(out.contains("rate limited: no capacity for tenant acme"), "{out}");
+        }
+    }
+    acme_outcomes.sort();
+    assert_eq!(acme_outcomes, ["error", "error", "error", "ok"]);
+    // The default tenant has no limit.
+    server.apply("one", ECHOER).await;
+    let session = server.session("one").await;
+    let turn = server.submit(&session, "go").await;
+    server.wait_turn(&session, &turn).await;
+    assert_eq!(outcomes(&server.events(&session).await), ["ok", "ok"]);
 }

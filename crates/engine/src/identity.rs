@@ -50,6 +50,24 @@ impl Engine {
         Ok(self.inner.store.list_tenants().await?)
     }
 
+    pub async fn get_tenant(&self, name: &str) -> Result<Tenant, EngineError> {
+        self.inner.store.get_tenant(name).await?.ok_or_else(|| EngineError::NotFound(format!("tenant {name:?} not found")))
+    }
+
+    /// Sets how many tool calls per second a tenant's sessions may make
+    /// together on this node; `None` lifts the limit. Applies from the
+    /// next turn (or resume) of each session.
+    pub async fn set_tenant_limits(&self, name: &str, tool_calls_per_second: Option<f64>) -> Result<Tenant, EngineError> {
+        if tool_calls_per_second.is_some_and(|r| !r.is_finite() || r <= 0.0) {
+            return Err(EngineError::InvalidInput("tool_calls_per_second must be a number above 0, or null for no limit".into()));
+        }
+        self.inner
+            .store
+            .set_tenant_limits(name, tool_calls_per_second)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("tenant {name:?} not found")))
+    }
+
     /// Creates an API key for a tenant; the secret is in the result only.
     pub async fn create_api_key(&self, tenant: &str, name: &str, role: Role) -> Result<CreatedKey, EngineError> {
         if name.trim().is_empty() || name.len() > 100 {

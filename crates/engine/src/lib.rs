@@ -116,6 +116,8 @@ pub(crate) struct Inner {
     /// This node's sandboxes; `None` when sandboxes are turned off.
     pub sandboxes: Option<Arc<agentrt_sandbox::SandboxManager>>,
     pub sandbox_driver: Option<Arc<dyn agentrt_sandbox::SandboxDriver>>,
+    /// Per-tenant tool-call rate limits.
+    pub tenant_buckets: agentrt_tools::rate::RateLimiter,
     /// Tenants' compiled policies.
     pub policies: governance::PolicyCache,
     /// Key that signs session credentials (loaded from the store once).
@@ -158,6 +160,7 @@ impl Engine {
                 sandboxes: sandbox_driver.clone().map(|d| sandboxes::manager(d, weak.clone())),
                 sandbox_driver,
                 policies: governance::PolicyCache::default(),
+                tenant_buckets: Default::default(),
                 signing_key: tokio::sync::OnceCell::new(),
             }),
         })

@@ -114,6 +114,8 @@ struct TurnRun {
     agent: Option<Arc<LoadedAgent>>,
     agent_name: String,
     tenant: String,
+    /// The tenant's tool-call rate limit as of the turn's (re)start.
+    tenant_rate: Option<f64>,
     /// The tenant's policies as of the turn's (re)start; `None`: no policies.
     policies: Option<Arc<crate::governance::Compiled>>,
     /// Tool intents that were open when the turn was loaded (crash recovery).
@@ -169,6 +171,7 @@ impl TurnRun {
             agent_name: session.agent.clone(),
             tenant: session.tenant.clone(),
             policies: crate::governance::tenant_policies(inner, &session.tenant).await?,
+            tenant_rate: inner.store.get_tenant(&session.tenant).await?.and_then(|t| t.tool_calls_per_second),
             recovering: false,
         };
         let mut after = 0;
@@ -421,10 +424,18 @@ impl TurnRun {
             };
             let agent = self.agent.clone().expect("agent loaded");
             let ctx = ToolContext { sandbox: self.inner.sandbox_for(&self.session, agent.version.spec.sandbox.as_ref()), ..ctx };
+            let (inner, tenant, tenant_rate) = (self.inner.clone(), self.tenant.clone(), self.tenant_rate);
             pending.push(async move {
                 let started = Instant::now();
-                let routed =
-                    agent.router.call(&agent.tools, &call.call.name, &ctx, call.call.arguments.clone()).instrument(span.clone()).await;
+                let wait = agent.router.rate_limit_wait();
+                let routed = match tenant_rate {
+                    Some(rate) if !inner.tenant_buckets.take(&tenant, rate, wait).await => agentrt_tools::router::RoutedCall {
+                        result: Err(ToolError::RateLimited(format!("tenant {tenant}"), wait.as_millis() as u64)),
+                        attempts: 0,
+                        breaker_changes: vec![],
+                    },
+                    _ => agent.router.call(&agent.tools, &call.call.name, &ctx, call.call.arguments.clone()).instrument(span.clone()).await,
+                };
                 let r = routed.result;
                 match &r {
                     Ok(v) => {

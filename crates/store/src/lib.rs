@@ -102,6 +102,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError>;
     async fn get_tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError>;
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// Sets a tenant's limits; `None` if there is no such tenant.
+    async fn set_tenant_limits(&self, name: &str, tool_calls_per_second: Option<f64>) -> Result<Option<Tenant>, StoreError>;
     /// Stores a key with the hash of its secret; `NotFound` if the tenant is missing.
     async fn create_api_key(&self, key: &ApiKey, hash: &str) -> Result<(), StoreError>;
     /// The key whose secret hashes to `hash` (revoked keys included).

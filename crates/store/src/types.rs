@@ -83,6 +83,10 @@ pub struct AppendRequest {
 pub struct Tenant {
     pub name: String,
     pub created_ms: i64,
+    /// Tool calls per second allowed over all of the tenant's sessions on
+    /// a node (a token bucket); unlimited when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls_per_second: Option<f64>,
 }
 
 /// An API key as stored (its secret is kept only as a hash).

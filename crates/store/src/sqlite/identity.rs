@@ -15,20 +15,30 @@ pub fn create_tenant(tx: &Transaction<'_>, name: &str) -> Result<Tenant, StoreEr
     if n == 0 {
         return Err(StoreError::Conflict(format!("tenant {name:?} already exists")));
     }
-    Ok(Tenant { name: name.to_owned(), created_ms })
+    Ok(Tenant { name: name.to_owned(), created_ms, tool_calls_per_second: None })
+}
+
+fn tenant_row(r: &Row<'_>) -> rusqlite::Result<Tenant> {
+    Ok(Tenant { name: r.get(0)?, created_ms: r.get(1)?, tool_calls_per_second: r.get(2)? })
+}
+
+/// Sets a tenant's limits; `None` if there is no such tenant.
+pub fn set_tenant_limits(tx: &Transaction<'_>, name: &str, tool_calls_per_second: Option<f64>) -> Result<Option<Tenant>, StoreError> {
+    tx.execute("UPDATE tenants SET tool_calls_per_second = ?2 WHERE name = ?1", params![name, tool_calls_per_second]).map_err(db)?;
+    get_tenant(tx, name)
 }
 
 pub fn get_tenant(conn: &Connection, name: &str) -> Result<Option<Tenant>, StoreError> {
-    conn.query_row("SELECT name, created_ms FROM tenants WHERE name = ?1", params![name], |r| {
-        Ok(Tenant { name: r.get(0)?, created_ms: r.get(1)? })
-    })
-    .optional()
-    .map_err(db)
+    conn.prepare_cached("SELECT name, created_ms, tool_calls_per_second FROM tenants WHERE name = ?1")
+        .map_err(db)?
+        .query_row(params![name], tenant_row)
+        .optional()
+        .map_err(db)
 }
 
 pub fn list_tenants(conn: &Connection) -> Result<Vec<Tenant>, StoreError> {
-    let mut stmt = conn.prepare("SELECT name, created_ms FROM tenants ORDER BY name").map_err(db)?;
-    let rows = stmt.query_map([], |r| Ok(Tenant { name: r.get(0)?, created_ms: r.get(1)? })).map_err(db)?;
+    let mut stmt = conn.prepare("SELECT name, created_ms, tool_calls_per_second FROM tenants ORDER BY name").map_err(db)?;
+    let rows = stmt.query_map([], tenant_row).map_err(db)?;
     rows.map(|r| r.map_err(db)).collect()
 }
 

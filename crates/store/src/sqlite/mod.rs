@@ -192,6 +192,11 @@ impl Store for SqliteStore {
         self.readers.run(identity::list_tenants).await
     }
 
+    async fn set_tenant_limits(&self, name: &str, tool_calls_per_second: Option<f64>) -> Result<Option<Tenant>, StoreError> {
+        let name = name.to_owned();
+        self.write_with(move |tx| identity::set_tenant_limits(tx, &name, tool_calls_per_second)).await
+    }
+
     async fn create_api_key(&self, key: &ApiKey, hash: &str) -> Result<(), StoreError> {
         let (key, hash) = (key.clone(), hash.to_owned());
         self.write_with(move |tx| identity::create_api_key(tx, &key, &hash)).await

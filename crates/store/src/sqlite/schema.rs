@@ -117,6 +117,9 @@ CREATE TABLE settings (
     value  TEXT NOT NULL
 ) WITHOUT ROWID;
 "#,
+    r#"
+ALTER TABLE tenants ADD COLUMN tool_calls_per_second REAL;
+"#,
 ];
 
 /// Brings the schema up to date.
