@@ -249,6 +249,15 @@ async fn approvals_are_decided_independently_and_only_approved_calls_run() {
     let by_amount = |amount: i64| pending.iter().find(|a| a["arguments"]["amount"] == amount).unwrap()["id"].as_str().unwrap().to_owned();
     let (big, small) = (by_amount(600), by_amount(100));
     assert_eq!(pending[0]["reason"], "payments over 50 need a human");
+    // Another tenant can neither see nor decide them.
+    server.post("/v1/tenants", json!({"name": "acme"})).await;
+    let (_, key) = server.post("/v1/keys", json!({"name": "a", "role": "admin", "tenant": "acme"})).await;
+    let acme = key["secret"].as_str().unwrap().to_owned();
+    assert_eq!(call_as(&server, &acme, Method::GET, &format!("/v1/approvals/{big}"), None).await.0, 404);
+    let (s, _) = call_as(&server, &acme, Method::POST, &format!("/v1/approvals/{big}"), Some(json!({"decision": "approve"}))).await;
+    assert_eq!(s, 404);
+    let (_, list) = call_as(&server, &acme, Method::GET, "/v1/approvals?status=pending", None).await;
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 0);
 
     let (s, v) = server.post(&format!("/v1/approvals/{small}"), json!({"decision": "approve", "comment": "ok"})).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
