@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use agentrt_store::{
     AgentInfo, AgentVersion, ApiKey, AppendRequest, Approval, ApprovalFilter, NewSession, PolicyVersion, SessionFilter, Store, StoreError,
-    Tenant,
+    Tenant, UsageQuery, UsageRecord, UsageRow,
 };
 use agentrt_types::event::StoredRecord;
 use agentrt_types::{AgentSpec, ApprovalId, Event, KeyId, SessionId, SessionSummary, TurnId, TurnSummary};
@@ -125,6 +125,12 @@ impl Store for TimedStore {
     }
     async fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
         self.inner.list_approvals(filter).await
+    }
+    async fn record_usage(&self, record: &UsageRecord) -> Result<(), StoreError> {
+        self.inner.record_usage(record).await
+    }
+    async fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        self.inner.usage_summary(query).await
     }
     async fn setting_or_init(&self, key: &str, init: &str) -> Result<String, StoreError> {
         self.inner.setting_or_init(key, init).await

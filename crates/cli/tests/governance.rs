@@ -216,7 +216,8 @@ async fn a_policy_forbids_a_call_by_argument_value_and_says_which() {
     assert_eq!(outputs.len(), 2);
     assert!(outputs.iter().any(|o| o["echo"]["amount"] == 100), "{outputs:?}");
     let refused = outputs.iter().find_map(|o| o["error"].as_str()).unwrap();
-    assert!(refused.starts_with("forbidden by policy no-big-payments"), "{refused}");
+    assert!(refused.starts_with("forbidden by policy `no-big-payments`"), "{refused}");
+    assert_eq!(refused.matches("no-big-payments").count(), 1, "named once: {refused}");
     assert!(t["output"].as_str().unwrap().contains("no-big-payments"), "the model saw why: {t}");
     assert_log_verifies(&server.data_dir);
 }

@@ -63,6 +63,8 @@ pub struct EngineConfig {
     pub mcp_stdio_on_host: bool,
     /// Decision for a tool call no policy matches, in a tenant that has policies.
     pub policy_default: governance::PolicyDefault,
+    /// Prices by model id, for usage accounting.
+    pub prices: std::collections::BTreeMap<String, agentrt_types::event::Price>,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +78,7 @@ impl Default for EngineConfig {
             capture_content: false,
             mcp_stdio_on_host: false,
             policy_default: governance::PolicyDefault::Forbid,
+            prices: Default::default(),
         }
     }
 }
@@ -214,7 +217,7 @@ impl Engine {
 
     /// Metrics in the Prometheus text format, with scrape-time gauges refreshed.
     pub async fn metrics_text(&self) -> Result<String, EngineError> {
-        for status in [SessionStatus::Idle, SessionStatus::Running, SessionStatus::Terminated] {
+        for status in [SessionStatus::Idle, SessionStatus::Running, SessionStatus::WaitingApproval, SessionStatus::Terminated] {
             self.inner.metrics.sessions.get_or_create(&metrics::StatusLabel { status: status.as_str().into() }).set(0);
         }
         for (status, n) in self.inner.store.count_sessions_by_status().await? {

@@ -219,6 +219,13 @@ impl TurnRun {
         Instant::now() + Duration::from_millis((end_ms - now_ms()).max(0) as u64)
     }
 
+    /// Who answered the agent's model and what `usage` cost.
+    fn billing(&self, usage: &agentrt_types::Usage) -> agentrt_types::event::Billing {
+        let m = &self.agent().version.spec.model;
+        let cost_usd = self.inner.config.prices.get(&m.model).map_or(0.0, |p| p.cost(usage));
+        agentrt_types::event::Billing { provider: m.provider.clone(), model: m.model.clone(), cost_usd }
+    }
+
     fn key(&self, step: u32) -> String {
         format!("{}:{}:{}", self.session, self.turn.turn_id, step)
     }
@@ -310,6 +317,7 @@ impl TurnRun {
                         tool_calls: resp.tool_calls.clone(),
                         usage: resp.usage,
                         latency_us,
+                        billing: Some(self.billing(&resp.usage)),
                     }
                     .into()];
                     if final_answer {

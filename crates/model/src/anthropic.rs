@@ -140,6 +140,7 @@ pub fn parse_response(body: &[u8], request_bytes: usize) -> Result<ModelResponse
         // they were still read by the model.
         input_tokens: u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens,
         output_tokens: u.output_tokens,
+        cached_tokens: u.cache_read_input_tokens,
     });
     response.usage = http::usage_or_estimate(reported, request_bytes, &response);
     Ok(response)

@@ -109,7 +109,7 @@ pub(crate) fn usage_or_estimate(reported: Option<Usage>, request_bytes: usize, r
         _ => {
             let output_bytes = response.content.as_ref().map_or(0, String::len)
                 + response.tool_calls.iter().map(|c| c.name.len() + c.arguments.to_string().len()).sum::<usize>();
-            Usage { input_tokens: estimate_tokens(request_bytes), output_tokens: estimate_tokens(output_bytes) }
+            Usage { input_tokens: estimate_tokens(request_bytes), output_tokens: estimate_tokens(output_bytes), cached_tokens: 0 }
         }
     }
 }
@@ -155,7 +155,7 @@ mod tests {
         let response = ModelResponse { content: Some("12345".into()), ..Default::default() };
         let usage = usage_or_estimate(Some(Usage::default()), 41, &response);
         assert_eq!((usage.input_tokens, usage.output_tokens), (11, 2));
-        let reported = Usage { input_tokens: 7, output_tokens: 3 };
+        let reported = Usage { input_tokens: 7, output_tokens: 3, cached_tokens: 0 };
         assert_eq!(usage_or_estimate(Some(reported), 41, &response), reported);
     }
 }

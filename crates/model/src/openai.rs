@@ -300,11 +300,20 @@ struct WireUsage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<WirePromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct WirePromptDetails {
+    #[serde(default)]
+    cached_tokens: u64,
 }
 
 impl From<WireUsage> for Usage {
     fn from(u: WireUsage) -> Usage {
-        Usage { input_tokens: u.prompt_tokens, output_tokens: u.completion_tokens }
+        let cached_tokens = u.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
+        Usage { input_tokens: u.prompt_tokens, output_tokens: u.completion_tokens, cached_tokens }
     }
 }
 

@@ -80,6 +80,7 @@ impl ModelProvider for ScriptedProvider {
         let usage = Usage {
             input_tokens: request.messages.iter().map(approx_tokens).sum::<u64>() + approx_text(&request.instructions),
             output_tokens: 0,
+            cached_tokens: 0,
         };
         let Some(step) = self.step_at(replies) else {
             let content = "(script finished)".to_owned();

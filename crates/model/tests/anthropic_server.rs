@@ -62,7 +62,7 @@ async fn tool_use_round_trip() {
         ToolCall { id: "toolu_1".into(), name: "kv.get".into(), arguments: json!({"key": "greeting"}) },
         ToolCall { id: "toolu_2".into(), name: "clock.now".into(), arguments: json!({}) },
     ];
-    let usage = Usage { input_tokens: 50, output_tokens: 20 };
+    let usage = Usage { input_tokens: 50, output_tokens: 20, ..Default::default() };
     assert_eq!(first, ModelResponse { content: Some("Looking.".into()), tool_calls: calls, usage });
 
     std::sync::Arc::make_mut(&mut request.messages).push(Message::Assistant { content: first.content, tool_calls: first.tool_calls });
@@ -75,7 +75,7 @@ async fn tool_use_round_trip() {
         });
     }
     let second = provider.complete(&request).await.expect("second call succeeds");
-    let usage = Usage { input_tokens: 90, output_tokens: 11 };
+    let usage = Usage { input_tokens: 90, output_tokens: 11, ..Default::default() };
     assert_eq!(second, ModelResponse { content: Some("Greeting is hello; the clock failed.".into()), tool_calls: vec![], usage });
 
     let requests = recorder.requests();

@@ -92,7 +92,7 @@ async fn tool_call_round_trip() {
     let mut request = request("What is stored under greeting?", false);
     let first = provider.complete(&request).await.expect("first call succeeds");
     let call = ToolCall { id: "call_7".into(), name: "kv.get".into(), arguments: json!({"key": "greeting"}) };
-    let usage = Usage { input_tokens: 12, output_tokens: 9 };
+    let usage = Usage { input_tokens: 12, output_tokens: 9, ..Default::default() };
     assert_eq!(first, ModelResponse { content: None, tool_calls: vec![call.clone()], usage });
 
     std::sync::Arc::make_mut(&mut request.messages).push(Message::Assistant { content: None, tool_calls: first.tool_calls });
@@ -104,7 +104,7 @@ async fn tool_call_round_trip() {
     });
     request.idempotency_key = "s1:t1:2".into();
     let second = provider.complete(&request).await.expect("second call succeeds");
-    let usage = Usage { input_tokens: 30, output_tokens: 9 };
+    let usage = Usage { input_tokens: 30, output_tokens: 9, ..Default::default() };
     assert_eq!(second, ModelResponse { content: Some("It says hello.".into()), tool_calls: vec![], usage });
 
     let requests = recorder.requests();
@@ -163,7 +163,7 @@ async fn streamed_content_and_tool_calls_are_assembled() {
     let expected = ModelResponse {
         content: Some("Café ☕ first.".into()),
         tool_calls: vec![call("call_a", "a"), call("call_b", "b")],
-        usage: Usage { input_tokens: 44, output_tokens: 23 },
+        usage: Usage { input_tokens: 44, output_tokens: 23, ..Default::default() },
     };
     assert_eq!(response, expected);
     let body = &recorder.requests()[0]["body"];
@@ -207,6 +207,6 @@ async fn stream_without_usage_gets_an_estimate() {
     assert_eq!(response.content.as_deref(), Some("Twelve bytes"));
     // About four bytes per token, of the request body sent and the text received.
     let request_bytes = serde_json::to_vec(&request_body(&request)).expect("serializes").len() as u64;
-    assert_eq!(response.usage, Usage { input_tokens: request_bytes.div_ceil(4), output_tokens: 3 });
+    assert_eq!(response.usage, Usage { input_tokens: request_bytes.div_ceil(4), output_tokens: 3, ..Default::default() });
     assert!(response.usage.input_tokens > 10);
 }

@@ -119,6 +119,10 @@ pub trait Store: Send + Sync + 'static {
     async fn get_policies(&self, tenant: &str, version: Option<u32>) -> Result<Option<PolicyVersion>, StoreError>;
     async fn get_approval(&self, id: &ApprovalId) -> Result<Option<Approval>, StoreError>;
     async fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, StoreError>;
+    /// Records one model call made through the gateway.
+    async fn record_usage(&self, record: &UsageRecord) -> Result<(), StoreError>;
+    /// Usage totals, grouped.
+    async fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
     /// A node-wide setting, initialised to `init` by the first caller.
     async fn setting_or_init(&self, key: &str, init: &str) -> Result<String, StoreError>;
 }

@@ -78,6 +78,64 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
 }
 
+/// One model call, for usage accounting: from the agent loop (projected
+/// from its `model.completed` event) or through the gateway.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UsageRecord {
+    pub ts_ms: i64,
+    pub tenant: String,
+    pub agent: String,
+    pub session_id: Option<SessionId>,
+    pub turn_id: Option<TurnId>,
+    /// `loop` or `gateway`.
+    pub source: String,
+    /// The gateway route; the agent's provider for loop calls.
+    pub route: String,
+    pub provider: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_usd: f64,
+    pub latency_us: u64,
+    /// Tokens counted locally: the provider reported none.
+    pub estimated: bool,
+}
+
+/// What usage totals are grouped by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageGroup {
+    Tenant,
+    Agent,
+    Session,
+    Route,
+    Model,
+}
+
+/// A usage report request: calls with `from_ms <= ts < to_ms`.
+#[derive(Clone, Debug)]
+pub struct UsageQuery {
+    /// Only this tenant (`None`: every tenant).
+    pub tenant: Option<String>,
+    pub group_by: UsageGroup,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// Totals of one group.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UsageRow {
+    pub key: String,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_usd: f64,
+    /// Calls whose tokens were counted locally.
+    pub estimated_calls: u64,
+}
+
 /// A tenant: the unit of isolation between customers.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Tenant {

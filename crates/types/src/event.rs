@@ -23,6 +23,13 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Input tokens served from the provider's prompt cache (part of `input_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
@@ -30,7 +37,39 @@ impl Usage {
     pub fn add(&mut self, other: Usage) {
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
+        self.cached_tokens += other.cached_tokens;
     }
+}
+
+/// USD per million tokens of one model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Price {
+    #[serde(default)]
+    pub input: f64,
+    #[serde(default)]
+    pub output: f64,
+    /// Input tokens read from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_input: f64,
+}
+
+impl Price {
+    /// What `usage` costs at this price.
+    pub fn cost(&self, usage: &Usage) -> f64 {
+        let cached = usage.cached_tokens.min(usage.input_tokens);
+        ((usage.input_tokens - cached) as f64 * self.input + cached as f64 * self.cached_input + usage.output_tokens as f64 * self.output)
+            / 1e6
+    }
+}
+
+/// Who answered a model call and what it cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Billing {
+    pub provider: String,
+    pub model: String,
+    /// Priced from the server's price table; 0 when the model has no price.
+    pub cost_usd: f64,
 }
 
 /// How a tool call ended.
@@ -142,6 +181,10 @@ pub enum EventData {
         tool_calls: Vec<ToolCall>,
         usage: Usage,
         latency_us: u64,
+        /// Who answered and what it cost, for usage accounting (absent in
+        /// logs written before accounting existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        billing: Option<Billing>,
     },
     #[serde(rename = "model.failed")]
     ModelFailed { turn_id: TurnId, step: u32, error: String, latency_us: u64 },

@@ -74,9 +74,10 @@ impl TurnRun {
         let (decision, default) = match decision {
             Decision::NoMatch => match self.inner.config.policy_default {
                 PolicyDefault::Permit => (Decision::Permit { policies: vec![] }, true),
-                PolicyDefault::Forbid => {
-                    (Decision::Forbid { policies: vec![], reason: "no policy permits this call (the default is forbid)".into() }, true)
-                }
+                PolicyDefault::Forbid => (
+                    Decision::Forbid { policies: vec![], reason: "forbidden: no policy permits this call (the default is forbid)".into() },
+                    true,
+                ),
             },
             d => (d, false),
         };
@@ -99,8 +100,13 @@ impl TurnRun {
         let then = match decision {
             Decision::Permit { .. } => self.requested(step, call),
             Decision::Forbid { policies, reason } => {
-                let by = if policies.is_empty() { String::new() } else { format!(" by policy {}", policies.join(", ")) };
-                self.refused(step, call, format!("forbidden{by}: {reason}"))
+                // The policy crate's reasons name the deciding policies already.
+                let message = if reason.starts_with("forbidden") || policies.is_empty() {
+                    reason
+                } else {
+                    format!("forbidden by policy {}: {reason}", policies.join(", "))
+                };
+                self.refused(step, call, message)
             }
             _ => {
                 let timeout = self.agent().version.spec.limits.approval_timeout_seconds;

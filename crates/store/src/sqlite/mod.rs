@@ -5,6 +5,7 @@ mod approvals;
 mod identity;
 mod read;
 mod schema;
+mod usage;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use self::schema::db;
 use self::writer::WriteOp;
 use crate::{
     AgentInfo, AgentVersion, ApiKey, AppendRequest, Approval, ApprovalFilter, NewSession, PolicyVersion, SessionFilter, Store, StoreError,
-    Tenant,
+    Tenant, UsageQuery, UsageRecord, UsageRow,
 };
 
 /// When a commit counts as durable.
@@ -239,6 +240,16 @@ impl Store for SqliteStore {
     async fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
         let filter = filter.clone();
         self.readers.run(move |c| approvals::list(c, &filter)).await
+    }
+
+    async fn record_usage(&self, record: &UsageRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        self.write_with(move |tx| usage::insert(tx, &record)).await
+    }
+
+    async fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let query = query.clone();
+        self.readers.run(move |c| usage::summary(c, &query)).await
     }
 
     async fn setting_or_init(&self, key: &str, init: &str) -> Result<String, StoreError> {

@@ -120,6 +120,27 @@ CREATE TABLE settings (
     r#"
 ALTER TABLE tenants ADD COLUMN tool_calls_per_second REAL;
 "#,
+    r#"
+CREATE TABLE model_usage (
+    id             INTEGER PRIMARY KEY,
+    ts_ms          INTEGER NOT NULL,
+    tenant         TEXT NOT NULL,
+    agent          TEXT NOT NULL,
+    session_id     TEXT,
+    turn_id        TEXT,
+    source         TEXT NOT NULL,
+    route          TEXT NOT NULL,
+    provider       TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    input_tokens   INTEGER NOT NULL,
+    output_tokens  INTEGER NOT NULL,
+    cached_tokens  INTEGER NOT NULL,
+    cost_usd       REAL NOT NULL,
+    latency_us     INTEGER NOT NULL,
+    estimated      INTEGER NOT NULL
+);
+CREATE INDEX model_usage_by_tenant ON model_usage (tenant, ts_ms);
+"#,
 ];
 
 /// Brings the schema up to date.

@@ -275,3 +275,48 @@ async fn a_store_from_before_tenants_is_migrated_to_the_default_tenant() {
     assert!(got.as_ref().is_ok_and(|a| a.as_ref().is_some_and(|a| a.version == 1)), "{got:?}");
     assert_eq!(store.list_tenants().await.unwrap().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["default"]);
 }
+
+#[tokio::test]
+async fn model_calls_are_accounted_with_their_event_and_grouped() {
+    use agentrt_types::event::Billing;
+    let (_d, store) = open();
+    let id = session(&store).await;
+    let turn = TurnId::generate();
+    let completed = EventData::ModelCompleted {
+        turn_id: turn.clone(),
+        step: 1,
+        content: Some("hi".into()),
+        tool_calls: vec![],
+        usage: agentrt_types::Usage { input_tokens: 1000, output_tokens: 10, cached_tokens: 400 },
+        latency_us: 5,
+        billing: Some(Billing { provider: "openai".into(), model: "m".into(), cost_usd: 0.25 }),
+    };
+    store.append(client(&id, vec![submit(&turn, None), completed.into()])).await.unwrap();
+    let gateway = crate::UsageRecord {
+        ts_ms: agentrt_types::time::now_ms(),
+        tenant: "acme".into(),
+        agent: "x".into(),
+        session_id: None,
+        turn_id: None,
+        source: "gateway".into(),
+        route: "fast".into(),
+        provider: "openai".into(),
+        model: "m".into(),
+        input_tokens: 7,
+        output_tokens: 3,
+        cached_tokens: 0,
+        cost_usd: 0.5,
+        latency_us: 9,
+        estimated: true,
+    };
+    store.record_usage(&gateway).await.unwrap();
+    let q = |tenant: Option<&str>, group_by| crate::UsageQuery { tenant: tenant.map(Into::into), group_by, from_ms: 0, to_ms: i64::MAX };
+    let all = store.usage_summary(&q(None, crate::UsageGroup::Tenant)).await.unwrap();
+    assert_eq!(all.iter().map(|r| (r.key.as_str(), r.calls, r.cost_usd)).collect::<Vec<_>>(), [("acme", 1, 0.5), ("default", 1, 0.25)]);
+    let mine = store.usage_summary(&q(Some("default"), crate::UsageGroup::Session)).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!((mine[0].key.as_str(), mine[0].input_tokens, mine[0].cached_tokens), (id.as_str(), 1000, 400));
+    let later = crate::UsageQuery { from_ms: i64::MAX - 1, ..q(None, crate::UsageGroup::Tenant) };
+    assert!(store.usage_summary(&later).await.unwrap().is_empty());
+    assert_eq!(store.usage_summary(&q(None, crate::UsageGroup::Route)).await.unwrap()[0].estimated_calls, 1);
+}

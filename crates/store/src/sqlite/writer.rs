@@ -344,6 +344,7 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
         insert_event(tx, &event, &text)?;
         apply_to_turn(tx, &event)?;
         super::approvals::apply(tx, &row.summary.tenant, &event)?;
+        super::usage::apply(tx, &row.summary, &event)?;
         row.summary.apply(&event);
         row.last_hash = event.hash.clone();
         out.push(event);
