@@ -41,7 +41,7 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "a session credential may only read its own session (GET /v1/sessions/{its id}/…) and call GET /v1/whoami",
+                "a session credential may only read its own session (GET /v1/sessions/{its id}/…), call the model gateway (POST /v1/gateway/…) and GET /v1/whoami",
             )
             .into_response();
         }
@@ -62,7 +62,7 @@ fn unauthorized(message: &str) -> ApiError {
 
 /// What a session credential may call: reads of its own session.
 fn session_may(_p: &Principal, own: &SessionId, method: &Method, path: &str) -> bool {
-    if path == "/v1/whoami" {
+    if path == "/v1/whoami" || (method == Method::POST && path.starts_with("/v1/gateway/")) {
         return true;
     }
     let own_prefix = format!("/v1/sessions/{own}");

@@ -1,7 +1,7 @@
 //! Identity and governance endpoints: who am I, tenants, API keys, policies,
 //! approvals, session credentials and audit export.
 
-use agentrt_store::{ApprovalFilter, ApprovalStatus};
+use agentrt_store::{ApprovalFilter, ApprovalStatus, UsageGroup, UsageQuery};
 use agentrt_types::{ApprovalId, KeyId, Role};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -216,6 +216,39 @@ pub async fn decide_approval(
         }
     };
     Ok(Json(json!(s.engine.decide_approval(by, &approval_id(&id)?, approve, b.comment).await?)))
+}
+
+// ----- usage -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageArgs {
+    group_by: Option<String>,
+    /// Unix ms, inclusive.
+    from: Option<i64>,
+    /// Unix ms, exclusive.
+    to: Option<i64>,
+}
+
+/// Model usage totals of the caller's tenant (every tenant's for admins of
+/// the default tenant grouping by tenant).
+pub async fn usage(State(s): State<AppState>, caller: Caller, QueryArgs(q): QueryArgs<UsageArgs>) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Operator)?;
+    let raw = q.group_by.as_deref().unwrap_or("agent");
+    let group_by: UsageGroup = serde_json::from_value(json!(raw)).map_err(|_| {
+        ApiError::bad_request("invalid_query", format!("group_by {raw:?} is not one of tenant, agent, session, route, model"))
+    })?;
+    let all_tenants = group_by == UsageGroup::Tenant && caller.0.is_system_admin();
+    let query = UsageQuery {
+        tenant: (!all_tenants).then(|| caller.tenant().to_owned()),
+        group_by,
+        from_ms: q.from.unwrap_or(0),
+        to_ms: q.to.unwrap_or(i64::MAX),
+    };
+    if query.from_ms >= query.to_ms {
+        return Err(ApiError::bad_request("invalid_query", "from must be before to (both unix milliseconds)"));
+    }
+    Ok(Json(json!({"group_by": raw, "usage": s.engine.usage(&query).await?})))
 }
 
 // ----- session credentials and audit -----

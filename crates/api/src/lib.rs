@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod extract;
+mod gateway;
 mod governance;
 mod handlers;
 mod sandbox;
@@ -36,6 +37,8 @@ pub struct AppState {
     /// `serve --dev`: authentication off, every request is an admin of the
     /// default tenant (the server refuses to listen beyond loopback).
     pub dev_mode: bool,
+    /// The model gateway, when the server config has model routes.
+    pub gateway: Option<std::sync::Arc<agentrt_gateway::Gateway>>,
 }
 
 /// Builds the API router.
@@ -67,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies", get(gov::get_policies).put(gov::put_policies))
         .route("/v1/policies/schema", get(gov::policy_schema))
         .route("/v1/policies/versions/{version}", get(gov::get_policy_version))
+        .route("/v1/usage", get(gov::usage))
+        .route("/v1/gateway/openai/v1/chat/completions", post(gateway::chat_completions))
         .route("/v1/approvals", get(gov::list_approvals))
         .route("/v1/approvals/{id}", get(gov::get_approval).post(gov::decide_approval))
         .route("/v1/sessions/{id}/sandbox", get(sandbox::status))

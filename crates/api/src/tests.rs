@@ -22,7 +22,8 @@ fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("a.db")).unwrap());
     let engine = Engine::new(store, EngineConfig::default()).unwrap();
-    let app = router(AppState { engine, shutdown: CancellationToken::new(), heartbeat: Duration::from_secs(15), dev_mode: true });
+    let app =
+        router(AppState { engine, shutdown: CancellationToken::new(), heartbeat: Duration::from_secs(15), dev_mode: true, gateway: None });
     Api { _dir: dir, app }
 }
 
@@ -144,6 +145,20 @@ async fn openapi_document_covers_every_route() {
         "/v1/sessions/{id}/sandbox/standby",
         "/v1/sessions/{id}/sandbox/resume",
         "/v1/sessions/{id}/files/{path}",
+        "/v1/sessions/{id}/audit",
+        "/v1/sessions/{id}/credentials",
+        "/v1/whoami",
+        "/v1/tenants",
+        "/v1/tenants/{name}",
+        "/v1/keys",
+        "/v1/keys/{id}",
+        "/v1/policies",
+        "/v1/policies/schema",
+        "/v1/policies/versions/{version}",
+        "/v1/approvals",
+        "/v1/approvals/{id}",
+        "/v1/usage",
+        "/v1/gateway/openai/v1/chat/completions",
     ] {
         assert!(paths.contains_key(route), "openapi.json lacks {route}");
     }

@@ -40,7 +40,7 @@ pub async fn rig(base: &std::path::Path, durability: Durability) -> anyhow::Resu
 pub async fn register_loop_agent(engine: &Engine, tool_calls: u32) -> anyhow::Result<String> {
     let name = format!("loop{tool_calls}");
     let spec = format!(
-        "[model]\nprovider = \"scripted\"\nscript = [{{ tool_calls = [{{ name = \"echo\", arguments = {{ i = 1 }} }}], repeat = {tool_calls} }}, {{ text = \"done\" }}]\n[limits]\nmax_steps = {}\n[tools]\nbuiltin = [\"echo\"]\n",
+        "[model]\nprovider = \"scripted\"\nscript = [{{ tool_calls = [{{ name = \"echo\", arguments = {{ i = 1 }} }}], repeat = {tool_calls} }}, {{ text = \"done\" }}]\n[limits]\nmax_steps = {}\nmax_repeated_tool_calls = 0\nmax_model_calls_without_progress = 0\n[tools]\nbuiltin = [\"echo\"]\n",
         2 * tool_calls + 2
     );
     engine.put_agent(DEFAULT_TENANT, &name, &spec, SpecFormat::Toml).await?;
@@ -111,8 +111,13 @@ pub async fn throughput(rig: &Rig, sessions: usize, tool_calls: u32) -> anyhow::
 pub async fn sse_latency(rig: &Rig, tool_calls: u32) -> anyhow::Result<Stats> {
     let agent = register_loop_agent(&rig.engine, tool_calls).await?;
     let shutdown = CancellationToken::new();
-    let app =
-        router(AppState { engine: rig.engine.clone(), shutdown: shutdown.clone(), heartbeat: Duration::from_secs(15), dev_mode: true });
+    let app = router(AppState {
+        engine: rig.engine.clone(),
+        shutdown: shutdown.clone(),
+        heartbeat: Duration::from_secs(15),
+        dev_mode: true,
+        gateway: None,
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = shutdown.clone();

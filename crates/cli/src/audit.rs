@@ -141,13 +141,14 @@ async fn session_ids(c: &Client) -> anyhow::Result<Vec<String>> {
     }
 }
 
-/// `--since`: unix milliseconds, or an RFC 3339 time. humantime reads only
-/// UTC, so a trailing `±HH:MM` offset is applied here.
-fn parse_since(raw: &str) -> anyhow::Result<i64> {
+/// A time given on the command line: unix milliseconds, or an RFC 3339
+/// time. humantime reads only UTC, so a trailing `±HH:MM` offset is
+/// applied here.
+pub(crate) fn parse_time(raw: &str) -> anyhow::Result<i64> {
     if let Ok(ms) = raw.parse::<i64>() {
         return Ok(ms);
     }
-    let bad = || anyhow!("--since {raw:?} is neither unix milliseconds nor an RFC 3339 time like 2025-01-31T12:00:00Z");
+    let bad = || anyhow!("time {raw:?} is neither unix milliseconds nor an RFC 3339 time like 2025-01-31T12:00:00Z");
     let split = raw.len().checked_sub(6).and_then(|i| Some((raw.get(..i)?, raw.get(i..)?.as_bytes())));
     let (base, offset_s) = match split {
         Some((base, &[sign @ (b'+' | b'-'), h1, h2, b':', m1, m2])) => {
@@ -167,7 +168,7 @@ fn parse_since(raw: &str) -> anyhow::Result<i64> {
 }
 
 async fn export(ctx: &Ctx, session: Option<String>, since: Option<&str>, out: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let since = since.map(parse_since).transpose()?;
+    let since = since.map(parse_time).transpose()?;
     let c = ctx.client()?;
     let ids = match session {
         Some(id) => vec![id],
@@ -251,14 +252,14 @@ fn verify_files(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_since;
+    use super::parse_time;
 
     #[test]
     fn since_takes_unix_ms_or_rfc3339() {
-        assert_eq!(parse_since("1700000000000").unwrap(), 1_700_000_000_000);
-        assert_eq!(parse_since("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000);
-        assert_eq!(parse_since("2023-11-14T23:13:20+01:00").unwrap(), 1_700_000_000_000);
-        assert_eq!(parse_since("2023-11-14T21:43:20.5-00:30").unwrap(), 1_700_000_000_500);
-        assert!(parse_since("yesterday").is_err());
+        assert_eq!(parse_time("1700000000000").unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_time("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_time("2023-11-14T23:13:20+01:00").unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_time("2023-11-14T21:43:20.5-00:30").unwrap(), 1_700_000_000_500);
+        assert!(parse_time("yesterday").is_err());
     }
 }

@@ -58,6 +58,9 @@ pub struct Config {
     /// Decision for a tool call that no policy matches, in a tenant that
     /// has policies: `forbid` (Cedar's default) or `permit`.
     pub policy_default: agentrt_engine::governance::PolicyDefault,
+    /// Model routes of the gateway, `[models.NAME]`; their prices also
+    /// price the agent loop's calls to the same upstream model.
+    pub models: std::collections::BTreeMap<String, agentrt_gateway::RouteSpec>,
 }
 
 /// Log line format.
@@ -89,6 +92,7 @@ impl Default for Config {
             sandbox_uid_base: 200_000,
             dev_mode: false,
             policy_default: agentrt_engine::governance::PolicyDefault::Forbid,
+            models: Default::default(),
         }
     }
 }
@@ -135,6 +139,7 @@ struct FileConfig {
     sandbox_uid_base: Option<u32>,
     dev_mode: Option<bool>,
     policy_default: Option<agentrt_engine::governance::PolicyDefault>,
+    models: Option<std::collections::BTreeMap<String, agentrt_gateway::RouteSpec>>,
 }
 
 impl Config {
@@ -165,7 +170,8 @@ impl Config {
                 sandbox_agent,
                 sandbox_uid_base,
                 dev_mode,
-                policy_default
+                policy_default,
+                models
             );
         }
         c = c.with_env(std::env::vars())?;

@@ -126,7 +126,7 @@ pub async fn whoami(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     print(ctx, &v, |v| {
         let p = &v["principal"];
         let role = match p["kind"].as_str() {
-            Some("session") => "none (session credential: may read only its own session)",
+            Some("session") => "none (session credential: reads only its own session, may call the model gateway)",
             Some("dev") => "admin (serve --dev: authentication is off)",
             _ => text(&p["role"]),
         };

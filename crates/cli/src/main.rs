@@ -12,6 +12,7 @@ mod render;
 mod sandbox;
 mod serve;
 mod telemetry;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -106,6 +107,17 @@ enum Command {
     /// Upload and read the tenant's Cedar policies.
     #[command(subcommand)]
     Policies(governance::PoliciesCommand),
+    /// Model tokens and cost, grouped by tenant, agent, session, route or model.
+    Usage {
+        #[arg(long, value_enum, default_value = "agent")]
+        group_by: usage::GroupBy,
+        /// From this time (unix ms or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this time (unix ms or RFC 3339), exclusive.
+        #[arg(long)]
+        until: Option<String>,
+    },
     /// List, approve and deny tool calls waiting for a human.
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
@@ -164,5 +176,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(c) => governance::keys(&ctx, c).await,
         Command::Policies(c) => governance::policies(&ctx, c).await,
         Command::Approvals(c) => approvals::approvals(&ctx, c).await,
+        Command::Usage { group_by, since, until } => usage::usage(&ctx, group_by, since.as_deref(), until.as_deref()).await,
     }
 }

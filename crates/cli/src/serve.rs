@@ -33,11 +33,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         capture_content: config.otel_capture_content,
         mcp_stdio_on_host: config.mcp_stdio_on_host,
         policy_default: config.policy_default,
+        prices: config.models.values().map(|r| (r.model.clone(), r.price)).collect(),
         ..EngineConfig::default()
     };
     if !config.node_id.is_empty() {
         engine_config.node_id = config.node_id.clone();
     }
+    let gateway = if config.models.is_empty() {
+        None
+    } else {
+        let http = reqwest::Client::builder().build().context("build the gateway's HTTP client")?;
+        Some(Arc::new(agentrt_gateway::Gateway::new(config.models.clone(), http)?))
+    };
     let engine = Engine::with_sandboxes(store, engine_config, sandbox_driver(&config))?;
     let resumed = engine.start().await.context("resume unfinished turns")?;
     if config.dev_mode {
@@ -55,6 +62,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         heartbeat: Duration::from_secs(config.sse_heartbeat_seconds),
         dev_mode: config.dev_mode,
+        gateway,
     });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), node = engine.node_id(), resumed, "agentrt serving");
     output::line(&format!("agentrt listening on http://{addr}"));

@@ -45,6 +45,25 @@ impl Conversation {
     }
 }
 
+/// A tool call's identity for the loop guard: its name and canonical arguments.
+fn call_key(call: &ToolCall) -> (String, String) {
+    (call.name.clone(), canonical(&call.arguments))
+}
+
+/// JSON text with object keys sorted, so argument order does not matter.
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{}:{}", Value::String((*k).clone()), canonical(v))).collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => format!("[{}]", items.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}
+
 /// What the model is shown for a tool result.
 pub fn tool_content(outcome: Outcome, output: &Value) -> String {
     match (outcome, output) {
@@ -97,6 +116,10 @@ pub struct TurnProgress {
     /// Time spent waiting for approvals before `waiting_since`; it does not
     /// count against the turn's time limit.
     pub waited_ms: i64,
+    /// How often the model asked for each `(tool, arguments)` in this turn.
+    pub call_counts: std::collections::HashMap<(String, String), u32>,
+    /// Model answers in a row that asked only for calls already made.
+    pub no_progress_streak: u32,
 }
 
 impl TurnProgress {
@@ -109,10 +132,11 @@ impl TurnProgress {
                 self.last_step = self.last_step.max(*step);
                 self.open_model = Some(*step);
             }
-            EventData::ModelCompleted { usage, .. } => {
+            EventData::ModelCompleted { usage, tool_calls, .. } => {
                 self.open_model = None;
                 self.steps_done += 1;
                 self.usage.add(*usage);
+                self.count_calls(tool_calls);
             }
             EventData::ModelFailed { .. } => {
                 self.open_model = None;
@@ -160,6 +184,39 @@ impl TurnProgress {
             d if d.ends_turn() => self.ended = true,
             _ => {}
         }
+    }
+
+    /// Counts the tool calls of one model answer for the loop guard.
+    pub fn count_calls(&mut self, calls: &[ToolCall]) {
+        let mut repeats_only = !calls.is_empty();
+        for call in calls {
+            let n = self.call_counts.entry(call_key(call)).or_insert(0);
+            repeats_only &= *n > 0;
+            *n += 1;
+        }
+        self.no_progress_streak = if repeats_only { self.no_progress_streak + 1 } else { 0 };
+    }
+
+    /// Why the turn is looping, if these calls of the next model answer
+    /// cross a limit (0 = off).
+    pub fn loop_detected(&self, calls: &[ToolCall], max_repeats: u32, max_no_progress: u32) -> Option<String> {
+        let mut after =
+            TurnProgress { call_counts: self.call_counts.clone(), no_progress_streak: self.no_progress_streak, ..Default::default() };
+        after.count_calls(calls);
+        if max_repeats > 0 {
+            if let Some(call) = calls.iter().find(|c| after.call_counts[&call_key(c)] > max_repeats) {
+                return Some(format!(
+                    "loop detected: the model asked for {} with the same arguments more than {max_repeats} times in this turn (limits.max_repeated_tool_calls)",
+                    call.name
+                ));
+            }
+        }
+        if max_no_progress > 0 && after.no_progress_streak >= max_no_progress {
+            return Some(format!(
+                "loop detected: {max_no_progress} model calls in a row asked only for tool calls already made in this turn (limits.max_model_calls_without_progress)"
+            ));
+        }
+        None
     }
 
     /// Approvals not decided yet.

@@ -310,6 +310,12 @@ impl TurnRun {
                 }
                 ModelOutcome::Answer(resp) => {
                     let final_answer = resp.tool_calls.is_empty();
+                    let limits = &self.agent().version.spec.limits;
+                    let looping = self.progress.loop_detected(
+                        &resp.tool_calls,
+                        limits.max_repeated_tool_calls,
+                        limits.max_model_calls_without_progress,
+                    );
                     let mut events: Vec<NewEvent> = vec![EventData::ModelCompleted {
                         turn_id: turn_id.clone(),
                         step,
@@ -320,6 +326,13 @@ impl TurnRun {
                         billing: Some(self.billing(&resp.usage)),
                     }
                     .into()];
+                    if let Some(why) = looping {
+                        // Every requested call gets a result, so the conversation stays well formed.
+                        for (i, call) in resp.tool_calls.iter().enumerate() {
+                            events.push(self.refused(step + 1 + i as u32, call, format!("not run: {why}")));
+                        }
+                        return self.fail(events, "loop_detected", &why).await.map(|()| TurnEnd::Ended);
+                    }
                     if final_answer {
                         let output = resp.content.unwrap_or_default();
                         let mut usage = self.progress.usage;

@@ -102,12 +102,30 @@ pub struct Limits {
     /// count against `max_turn_seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_timeout_seconds: Option<u64>,
+    /// Loop guard: the turn stops when the model asks for the same tool
+    /// with the same arguments more than this many times (0 turns it off).
+    #[serde(default = "default_loop_limit")]
+    pub max_repeated_tool_calls: u32,
+    /// Loop guard: the turn stops after this many model calls in a row that
+    /// ask only for tool calls already made in the turn (0 turns it off).
+    #[serde(default = "default_loop_limit")]
+    pub max_model_calls_without_progress: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_steps: default_max_steps(), max_turn_seconds: default_max_turn_seconds(), approval_timeout_seconds: None }
+        Limits {
+            max_steps: default_max_steps(),
+            max_turn_seconds: default_max_turn_seconds(),
+            approval_timeout_seconds: None,
+            max_repeated_tool_calls: default_loop_limit(),
+            max_model_calls_without_progress: default_loop_limit(),
+        }
     }
+}
+
+fn default_loop_limit() -> u32 {
+    10
 }
 
 /// Tools the agent may call.

@@ -34,7 +34,7 @@ impl TurnRun {
     }
 
     /// A result for a call that never ran.
-    fn refused(&self, step: u32, call: &ToolCall, message: String) -> NewEvent {
+    pub(super) fn refused(&self, step: u32, call: &ToolCall, message: String) -> NewEvent {
         EventData::ToolCompleted {
             turn_id: self.turn.turn_id.clone(),
             step,

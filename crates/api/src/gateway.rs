@@ -1,0 +1,99 @@
+//! `POST /v1/gateway/openai/v1/chat/completions`: the model gateway's
+//! OpenAI-compatible endpoint. Code inside a sandbox (the official `openai`
+//! SDK, LangGraph, the OpenAI Agents SDK…) sets its base URL to
+//! `…/v1/gateway/openai/v1` and its API key to its session credential; the
+//! `model` it asks for names a route of the server config. Every call is
+//! priced and recorded as the caller's usage (the session's, for a session
+//! credential).
+
+use agentrt_gateway::{CallRecord, GatewayError, Reply};
+use agentrt_store::UsageRecord;
+use agentrt_types::time::now_ms;
+use agentrt_types::Principal;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::auth::Caller;
+use crate::{ApiError, AppState};
+
+pub async fn chat_completions(State(s): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+    let Some(gateway) = s.gateway.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_model_routes",
+            "this server has no model routes; add [models.NAME] tables to its config file",
+        ));
+    };
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body must be a Chat Completions request in JSON: {e}")))?;
+    match gateway.chat(request).await {
+        Ok(Reply::Json { body, record }) => {
+            // Recorded off the response path: the write waits for a commit.
+            let (state, principal, rec) = (s.clone(), caller.0.clone(), record.clone());
+            tokio::spawn(async move { record_usage(&state, &principal, &rec).await });
+            Ok(([("x-agentrt-route", record.route.clone())], Json(body)).into_response())
+        }
+        Ok(Reply::Stream { status, bytes, record }) => {
+            let (state, principal) = (s.clone(), caller.0.clone());
+            tokio::spawn(async move {
+                if let Ok(record) = record.await {
+                    record_usage(&state, &principal, &record).await;
+                }
+            });
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            Ok((status, [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(bytes))
+                .into_response())
+        }
+        Err(GatewayError::NoRoute(name)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("no model route named {name:?}; this server has: {}", gateway.route_names().join(", ")),
+        )),
+        Err(e @ GatewayError::BadRequest(_)) => Err(ApiError::bad_request("invalid_request", e.to_string())),
+        Err(GatewayError::Upstream { status, body, .. }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        Err(GatewayError::Exhausted { attempts }) => {
+            let all_cooling = attempts.iter().all(|a| a.outcome.starts_with("skipped"));
+            let status = if all_cooling { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
+            let message = format!("every model route failed: {}", attempts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("; "));
+            Ok((status, Json(json!({"error": {"code": "upstream_unavailable", "message": message, "attempts": attempts}}))).into_response())
+        }
+        Err(e @ GatewayError::Config(_)) => Err(ApiError::internal(&e)),
+    }
+}
+
+/// Records a gateway call as the caller's usage. A failure is logged: the
+/// answer has already gone to the caller.
+async fn record_usage(s: &AppState, caller: &Principal, record: &CallRecord) {
+    let (agent, session_id) = match caller {
+        Principal::Session { agent, session_id, .. } => (agent.clone(), Some(session_id.clone())),
+        Principal::Key { name, .. } => (format!("key:{name}"), None),
+        Principal::Dev => ("dev".to_owned(), None),
+    };
+    let usage = UsageRecord {
+        ts_ms: now_ms(),
+        tenant: caller.tenant().to_owned(),
+        agent,
+        session_id,
+        turn_id: None,
+        source: "gateway".into(),
+        route: record.route.clone(),
+        provider: record.provider.clone(),
+        model: record.model.clone(),
+        input_tokens: record.input_tokens,
+        output_tokens: record.output_tokens,
+        cached_tokens: record.cached_tokens,
+        cost_usd: record.cost_usd,
+        latency_us: record.latency_us,
+        estimated: record.estimated,
+    };
+    if let Err(e) = s.engine.record_usage(&usage).await {
+        tracing::error!(error = %e, route = %record.route, "could not record a gateway call's usage");
+    }
+}

@@ -1,0 +1,215 @@
+//! The model gateway end to end: the official `openai` Python SDK calls
+//! `/v1/gateway/openai/v1` with a session credential, as code in a sandbox
+//! would; the server's routes fall back from a failing upstream to a working
+//! one; every call, plain or streamed, is priced and recorded as that
+//! session's usage; a revoked credential is refused.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn python() -> String {
+    std::env::var("AGENTRT_TEST_PYTHON").expect("AGENTRT_TEST_PYTHON is not set: run the suite with ./scripts/test.sh")
+}
+
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers/openai_client.py");
+
+/// A local OpenAI-compatible upstream: answers `hello from {model}` with
+/// usage 12 in / 5 out (3 cached), plain or as SSE; or always `fail_with`.
+#[derive(Clone)]
+struct Upstream {
+    calls: Arc<AtomicUsize>,
+    fail_with: Option<u16>,
+}
+
+async fn completions(State(up): State<Upstream>, Json(body): Json<Value>) -> Response {
+    up.calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(status) = up.fail_with {
+        return (StatusCode::from_u16(status).unwrap(), Json(json!({"error": {"message": "upstream down"}}))).into_response();
+    }
+    let model = body["model"].as_str().unwrap_or("?").to_owned();
+    let usage = json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17, "prompt_tokens_details": {"cached_tokens": 3}});
+    if body["stream"] == true {
+        let chunk = |delta: Value, usage: Value| {
+            let c = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": if usage.is_null() { json!([{"index": 0, "delta": delta, "finish_reason": null}]) } else { json!([]) },
+                "usage": usage});
+            format!("data: {c}\n\n")
+        };
+        let sse = [
+            chunk(json!({"role": "assistant", "content": "hello "}), Value::Null),
+            chunk(json!({"content": format!("from {model}")}), Value::Null),
+            chunk(Value::Null, usage),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        return ([("content-type", "text/event-stream")], sse).into_response();
+    }
+    Json(json!({
+        "id": "c1", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("hello from {model}")}, "finish_reason": "stop"}],
+        "usage": usage,
+    }))
+    .into_response()
+}
+
+async fn upstream(fail_with: Option<u16>) -> (String, Arc<AtomicUsize>) {
+    let up = Upstream { calls: Arc::new(AtomicUsize::new(0)), fail_with };
+    let calls = up.calls.clone();
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions)).with_state(up);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+/// Runs the `openai` SDK peer; returns its JSON line.
+fn sdk(base: &str, key: &str, model: &str, mode: &str) -> Value {
+    let out = Command::new(python()).args([CLIENT, base, key, model, mode]).output().expect("run the openai peer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "openai peer failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+// Multi-threaded: the SDK peer runs as a blocking child process while the
+// upstream servers answer it from this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_calls_through_the_gateway_with_a_session_credential() {
+    let (down, down_calls) = upstream(Some(503)).await;
+    let (up, up_calls) = upstream(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentrt.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[models.primary]
+provider = "openai"
+base-url = "{down}"
+model = "big-model"
+fallbacks = ["backup"]
+[models.backup]
+provider = "openai"
+base-url = "{up}"
+model = "small-model"
+price = {{ input = 1.0, output = 2.0, cached-input = 0.5 }}
+"#
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with_env(&dir.path().join("data"), &[("AGENTRT_CONFIG", config.to_str().unwrap())]);
+    server.apply("coder", "[model]\nprovider = \"scripted\"\n").await;
+    let session = server.session("coder").await;
+    let (_, cred) = server.post(&format!("/v1/sessions/{session}/credentials"), json!({})).await;
+    let token = cred["token"].as_str().unwrap().to_owned();
+    let base = format!("{}/v1/gateway/openai/v1", server.url);
+
+    let plain = sdk(&base, &token, "primary", "plain");
+    assert_eq!(plain["content"], "hello from small-model", "fell back to the backup route: {plain}");
+    assert_eq!(plain["usage"]["prompt_tokens"], 12);
+    assert_eq!((down_calls.load(Ordering::SeqCst), up_calls.load(Ordering::SeqCst)), (1, 1));
+    let streamed = sdk(&base, &token, "backup", "stream");
+    assert_eq!(streamed["content"], "hello from small-model", "{streamed}");
+    assert_eq!(streamed["usage"]["completion_tokens"], 5, "{streamed}");
+
+    // Both calls are the session's usage, priced by the route that answered:
+    // (12 - 3) * 1.0 + 3 * 0.5 + 5 * 2.0 = 20.5 per million tokens each.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let row = loop {
+        let usage = server.get("/v1/usage?group_by=session").await;
+        let row = usage["usage"].as_array().unwrap().iter().find(|r| r["key"] == session.as_str()).cloned();
+        if let Some(r) = row.filter(|r| r["calls"] == 2) {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the streamed call's usage was never recorded: {usage}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!((row["input_tokens"].as_u64(), row["output_tokens"].as_u64(), row["cached_tokens"].as_u64()), (Some(24), Some(10), Some(6)));
+    assert!((row["cost_usd"].as_f64().unwrap() - 2.0 * 20.5e-6).abs() < 1e-12, "{row}");
+    let by_route = server.get("/v1/usage?group_by=route").await;
+    assert_eq!(by_route["usage"][0]["key"], "backup");
+    let (code, out, err) = cli(&["usage", "--group-by", "agent"], Some(&server.url));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("default/coder") && out.contains("0.000041"), "{out}");
+
+    let unknown = sdk(&base, &token, "nope", "plain");
+    assert_eq!(unknown["status"], 404, "{unknown}");
+    assert!(unknown["error"].as_str().unwrap().contains("backup, primary"), "names the routes: {unknown}");
+    let (s, _) = server.call(Method::DELETE, &format!("/v1/sessions/{session}"), None).await;
+    assert_eq!(s, 200);
+    let revoked = sdk(&base, &token, "backup", "plain");
+    assert_eq!(revoked["status"], 401, "a credential dies with its session: {revoked}");
+    assert_eq!(up_calls.load(Ordering::SeqCst), 2, "refused calls never reach a provider");
+}
+
+#[tokio::test]
+async fn the_loop_guard_stops_a_turn_that_repeats_itself() {
+    const LOOPER: &str = r#"
+[model]
+provider = "scripted"
+script = [{ tool_calls = [{ name = "fetch", arguments = { page = 1, q = "same" } }], repeat = 20 }, { text = "never" }]
+[limits]
+max_repeated_tool_calls = 3
+[[tools.http]]
+name = "fetch"
+url = "COUNTER/fetch"
+idempotent = true
+"#;
+    let Rig { dir: _dir, counter, server, session } = rig("looper", LOOPER, None).await;
+    let turn = server.submit(&session, "go").await;
+    let t = server.wait_turn(&session, &turn).await;
+    assert_eq!((t["status"].as_str(), t["error"]["code"].as_str()), (Some("failed"), Some("loop_detected")), "{t}");
+    assert!(t["error"]["message"].as_str().unwrap().contains("fetch with the same arguments more than 3 times"), "{t}");
+    assert_eq!(counter.count("fetch"), 3, "the fourth identical call never ran");
+    let events = server.events(&session).await;
+    let last_answer = events.iter().rev().find(|e| e["type"] == "model.completed").unwrap();
+    let call_id = &last_answer["tool_calls"][0]["id"];
+    let closed = events.iter().any(|e| e["type"] == "tool.completed" && &e["call_id"] == call_id && e["outcome"] == "error");
+    assert!(closed, "the refused call has a result, so the next turn's conversation is well formed");
+
+    // Without a limit the same script runs on: the guard is what stopped it.
+    let unguarded =
+        LOOPER.replace("max_repeated_tool_calls = 3", "max_repeated_tool_calls = 0\nmax_model_calls_without_progress = 0\nmax_steps = 100");
+    server.apply("free", &unguarded.replace("COUNTER", &counter.url)).await;
+    let free = server.session("free").await;
+    let turn = server.submit(&free, "go").await;
+    assert_eq!(server.wait_turn(&free, &turn).await["status"], "completed");
+    assert_eq!(counter.count("fetch"), 23);
+}
+
+#[tokio::test]
+async fn the_loop_guard_stops_model_calls_that_make_no_progress() {
+    const PINGPONG: &str = r#"
+[model]
+provider = "scripted"
+script = [
+  { tool_calls = [{ name = "echo", arguments = { side = "a" } }] },
+  { tool_calls = [{ name = "echo", arguments = { side = "b" } }] },
+  { tool_calls = [{ name = "echo", arguments = { side = "a" } }], repeat = 10 },
+  { text = "never" },
+]
+[limits]
+max_repeated_tool_calls = 100
+max_model_calls_without_progress = 4
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.apply("pingpong", PINGPONG).await;
+    let session = server.session("pingpong").await;
+    let turn = server.submit(&session, "go").await;
+    let t = server.wait_turn(&session, &turn).await;
+    assert_eq!(t["error"]["code"], "loop_detected", "{t}");
+    assert!(t["error"]["message"].as_str().unwrap().contains("4 model calls in a row"), "{t}");
+    let answers = server.events(&session).await.iter().filter(|e| e["type"] == "model.completed").count();
+    assert_eq!(answers, 6, "2 new calls, then the 4th repeat stops the turn");
+}
