@@ -168,7 +168,7 @@ pub async fn terminate_session(State(s): State<AppState>, TenantSession(id, _): 
 
 pub async fn verify_session(State(s): State<AppState>, TenantSession(id, _): TenantSession) -> Result<Json<Value>, ApiError> {
     Ok(Json(match s.engine.verify(&id).await? {
-        Ok(events) => json!({"session_id": id, "ok": true, "events": events}),
+        Ok((events, head_hash)) => json!({"session_id": id, "ok": true, "events": events, "head_hash": head_hash}),
         Err(e) => json!({"session_id": id, "ok": false, "error": e.to_string()}),
     }))
 }

@@ -162,7 +162,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::serve(args.load()?).await.map(|_| ExitCode::SUCCESS),
         Command::Config(ConfigCommand::Dump(args)) => {
             let config = args.load()?;
-            output::partial(&toml::to_string_pretty(&config)?);
+            let mut table = toml::Table::try_from(&config)?;
+            // Provider keys never leave the config file.
+            if let Some(toml::Value::Table(models)) = table.get_mut("models") {
+                for (_, route) in models.iter_mut() {
+                    if let Some(key) = route.get_mut("api-key") {
+                        *key = toml::Value::String("<redacted>".into());
+                    }
+                }
+            }
+            output::partial(&toml::to_string_pretty(&table)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(c) => commands::agent(&ctx, c).await,

@@ -213,3 +213,18 @@ max_model_calls_without_progress = 4
     let answers = server.events(&session).await.iter().filter(|e| e["type"] == "model.completed").count();
     assert_eq!(answers, 6, "2 new calls, then the 4th repeat stops the turn");
 }
+
+#[test]
+fn config_dump_never_prints_a_provider_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentrt.toml");
+    std::fs::write(
+        &config,
+        "[models.m]\nprovider = \"openai\"\nbase-url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\napi-key = \"sk-very-secret\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = cli(&["config", "dump", "--config", config.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[models.m]") && out.contains("<redacted>"), "{out}");
+    assert!(!out.contains("sk-very-secret"), "{out}");
+}

@@ -467,9 +467,13 @@ impl Engine {
     }
 
     /// Verifies a session's hash chain; returns the number of events.
-    pub async fn verify(&self, id: &SessionId) -> Result<Result<u64, ChainError>, EngineError> {
+    /// Verifies a session's hash chain; returns the number of events and
+    /// the hash of the last one (the head an auditor anchors exports to).
+    pub async fn verify(&self, id: &SessionId) -> Result<Result<(u64, String), ChainError>, EngineError> {
         let session = self.get_session(id).await?;
-        Ok(verify_chain_to(self.inner.store.read_records(id).await?, session.last_seq))
+        let records = self.inner.store.read_records(id).await?;
+        let head = records.last().map(|r| r.hash.clone()).unwrap_or_default();
+        Ok(verify_chain_to(records, session.last_seq).map(|n| (n, head)))
     }
 
     async fn client_append(
