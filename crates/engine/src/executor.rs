@@ -126,14 +126,8 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
             }
         };
         if turns.is_empty() {
-            let map = inner.executors.slots.lock().expect("executors lock poisoned");
-            if slot.dirty.load(Ordering::SeqCst) {
+            if !let_go(&inner, &id, &slot, &holder, token).await {
                 continue;
-            }
-            drop(map);
-            inner.executors.remove_if_same(&id, &slot);
-            if let Err(e) = inner.store.release_lease(&id, &holder, token).await {
-                tracing::warn!(session = %id, error = %e, "could not release lease");
             }
             return;
         }
@@ -166,14 +160,8 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
             }
         }
         if let Some(wake_at_ms) = waiting {
-            let map = inner.executors.slots.lock().expect("executors lock poisoned");
-            if slot.dirty.load(Ordering::SeqCst) {
+            if !let_go(&inner, &id, &slot, &holder, token).await {
                 continue;
-            }
-            drop(map);
-            inner.executors.remove_if_same(&id, &slot);
-            if let Err(e) = inner.store.release_lease(&id, &holder, token).await {
-                tracing::warn!(session = %id, error = %e, "could not release lease");
             }
             if let Some(at) = wake_at_ms {
                 wake_at(&inner, &id, at);
@@ -183,6 +171,27 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
         }
     }
     inner.executors.remove_if_same(&id, &slot);
+}
+
+/// Gives the session and its lease up, unless new work arrived since the
+/// executor last looked (then `false`: look again).
+async fn let_go(inner: &Arc<Inner>, id: &SessionId, slot: &Arc<Slot>, holder: &str, token: u64) -> bool {
+    {
+        // Checked and removed under one hold of the map lock, so
+        // `ensure_running` either marks this slot dirty before the check or
+        // finds it gone and starts a new executor: no wake-up is lost.
+        let mut map = inner.executors.slots.lock().expect("executors lock poisoned");
+        if slot.dirty.load(Ordering::SeqCst) {
+            return false;
+        }
+        if map.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            map.remove(id);
+        }
+    }
+    if let Err(e) = inner.store.release_lease(id, holder, token).await {
+        tracing::warn!(session = %id, error = %e, "could not release lease");
+    }
+    true
 }
 
 /// Looks at the session again at `at_ms` (unix ms), e.g. when an approval
