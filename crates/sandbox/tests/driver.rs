@@ -44,4 +44,6 @@ async fn a_snapshot_is_a_consistent_image_of_the_workspace() {
     assert!(sb.alive());
     sb.destroy().await;
     driver.delete_workspace("ses_snap").await.unwrap();
+    // Also drops the spare cgroup made for the next sandbox.
+    driver.release_workspaces().await;
 }

@@ -196,6 +196,25 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        remove_sandbox_cgroups(&self.data_dir);
+    }
+}
+
+/// Removes the cgroups of the sandboxes a killed server left. A running
+/// node cleans up after its previous run at start; a test's data dir is
+/// never started again, so its cgroups would stay behind.
+fn remove_sandbox_cgroups(data_dir: &Path) {
+    let Ok(runs) = std::fs::read_dir(data_dir.join("sandboxes/run")) else { return };
+    let names: Vec<String> = runs.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    let dirs: Vec<PathBuf> =
+        roots.flatten().flat_map(|r| names.iter().map(move |n| r.path().join("agentrt").join(n))).filter(|d| d.exists()).collect();
+    // The sandboxes die with the server (parent-death signal) but not at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for dir in dirs {
+        while std::fs::remove_dir(&dir).is_err() && dir.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
