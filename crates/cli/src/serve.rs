@@ -25,6 +25,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let db = config.data_dir.join("agentrt.db");
     let store = Arc::new(SqliteStore::open_with(&db, config.store_durability).with_context(|| format!("open store {}", db.display()))?);
+    let gateway = if config.models.is_empty() {
+        None
+    } else {
+        let http = reqwest::Client::builder().build().context("build the gateway's HTTP client")?;
+        Some(Arc::new(agentrt_gateway::Gateway::new(config.models.clone(), http)?))
+    };
     let mut engine_config = EngineConfig {
         lease_ttl: config.lease_ttl(),
         exclusive_store: true,
@@ -33,18 +39,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         capture_content: config.otel_capture_content,
         mcp_stdio_on_host: config.mcp_stdio_on_host,
         policy_default: config.policy_default,
-        prices: config.models.values().map(|r| (r.model.clone(), r.price)).collect(),
+        // Loop calls are priced by upstream model id, or by route name for
+        // agents whose provider is the gateway.
+        prices: config.models.iter().flat_map(|(name, r)| [(r.model.clone(), r.price), (name.clone(), r.price)]).collect(),
+        gateway: gateway.clone(),
         ..EngineConfig::default()
     };
     if !config.node_id.is_empty() {
         engine_config.node_id = config.node_id.clone();
     }
-    let gateway = if config.models.is_empty() {
-        None
-    } else {
-        let http = reqwest::Client::builder().build().context("build the gateway's HTTP client")?;
-        Some(Arc::new(agentrt_gateway::Gateway::new(config.models.clone(), http)?))
-    };
     let engine = Engine::with_sandboxes(store, engine_config, sandbox_driver(&config))?;
     let resumed = engine.start().await.context("resume unfinished turns")?;
     if config.dev_mode {

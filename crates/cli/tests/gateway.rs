@@ -142,6 +142,26 @@ price = {{ input = 1.0, output = 2.0, cached-input = 0.5 }}
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("default/coder") && out.contains("0.000041"), "{out}");
 
+    // The agent loop itself can call through a route: same fallback, same accounting.
+    server.apply("routed", "[model]\nprovider = \"gateway\"\nmodel = \"primary\"\n").await;
+    let routed = server.session("routed").await;
+    let turn = server.submit(&routed, "hi").await;
+    let t = server.wait_turn(&routed, &turn).await;
+    assert_eq!((t["status"].as_str(), t["output"].as_str()), (Some("completed"), Some("hello from small-model")), "{t}");
+    assert_eq!(down_calls.load(Ordering::SeqCst), 2, "the loop's call tried the primary route first");
+    let by_agent = server.get("/v1/usage?group_by=agent").await;
+    let row = by_agent["usage"].as_array().unwrap().iter().find(|r| r["key"] == "default/routed").cloned().unwrap();
+    assert_eq!((row["calls"].as_u64(), row["input_tokens"].as_u64()), (Some(1), Some(12)), "{row}");
+    assert!((row["cost_usd"].as_f64().unwrap() - 20.5e-6).abs() < 1e-12, "priced by the route that answered: {row}");
+    let resp = server
+        .http
+        .put(format!("{}/v1/agents/bad", server.url))
+        .body("[model]\nprovider = \"gateway\"\nmodel = \"nope\"\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422, "an unknown route is refused when the agent is applied");
+
     let unknown = sdk(&base, &token, "nope", "plain");
     assert_eq!(unknown["status"], 404, "{unknown}");
     assert!(unknown["error"].as_str().unwrap().contains("backup, primary"), "names the routes: {unknown}");
@@ -149,7 +169,7 @@ price = {{ input = 1.0, output = 2.0, cached-input = 0.5 }}
     assert_eq!(s, 200);
     let revoked = sdk(&base, &token, "backup", "plain");
     assert_eq!(revoked["status"], 401, "a credential dies with its session: {revoked}");
-    assert_eq!(up_calls.load(Ordering::SeqCst), 2, "refused calls never reach a provider");
+    assert_eq!(up_calls.load(Ordering::SeqCst), 3, "refused calls never reach a provider");
 }
 
 #[tokio::test]

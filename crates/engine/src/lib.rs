@@ -10,6 +10,7 @@ mod agents;
 mod credentials;
 mod error;
 mod executor;
+mod gateway_model;
 pub mod governance;
 mod history;
 pub mod hub;
@@ -65,6 +66,8 @@ pub struct EngineConfig {
     pub policy_default: governance::PolicyDefault,
     /// Prices by model id, for usage accounting.
     pub prices: std::collections::BTreeMap<String, agentrt_types::event::Price>,
+    /// The model gateway, for agents whose provider is `gateway`.
+    pub gateway: Option<Arc<agentrt_gateway::Gateway>>,
 }
 
 impl Default for EngineConfig {
@@ -79,6 +82,7 @@ impl Default for EngineConfig {
             mcp_stdio_on_host: false,
             policy_default: governance::PolicyDefault::Forbid,
             prices: Default::default(),
+            gateway: None,
         }
     }
 }
@@ -252,6 +256,17 @@ impl Engine {
                 .collect();
             if !errors.is_empty() {
                 return Err(SpecError { errors }.into());
+            }
+        }
+        if spec.model.provider == "gateway" {
+            let routes = self.inner.config.gateway.as_ref().map(|g| g.route_names()).unwrap_or_default();
+            if !routes.contains(&spec.model.model) {
+                let message = if routes.is_empty() {
+                    "this server has no model routes; add [models.NAME] to its config, or use another provider".to_owned()
+                } else {
+                    format!("no model route named {:?}; this server has: {}", spec.model.model, routes.join(", "))
+                };
+                return Err(SpecError { errors: vec![FieldError { path: "model.model".into(), message }] }.into());
             }
         }
         if let Some(sandbox) = &spec.sandbox {

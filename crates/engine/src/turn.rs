@@ -323,7 +323,7 @@ impl TurnRun {
                         tool_calls: resp.tool_calls.clone(),
                         usage: resp.usage,
                         latency_us,
-                        billing: Some(self.billing(&resp.usage)),
+                        billing: Some(resp.billing.clone().unwrap_or_else(|| self.billing(&resp.usage))),
                     }
                     .into()];
                     if let Some(why) = looping {
@@ -645,10 +645,17 @@ async fn load_agent(inner: &Inner, tenant: &str, name: &str, version: u32) -> Re
         .ok_or_else(|| format!("agent {name:?} version {version} not found"))?;
     let tools = agentrt_tools::ToolSet::for_agent(&v.spec, inner.config.mcp_stdio_on_host).map_err(|e| e.to_string())?;
     // Keep the bare reason: the model step wraps it as a configuration error.
-    let provider = agentrt_model::provider_for(&v.spec.model, inner.http.clone()).map_err(|e| match e {
-        agentrt_model::ModelError::Config(reason) => reason,
-        other => other.to_string(),
-    });
+    let provider = match (v.spec.model.provider.as_str(), &inner.config.gateway) {
+        ("gateway", Some(gateway)) => {
+            Ok(Arc::new(crate::gateway_model::GatewayModel { gateway: gateway.clone(), route: v.spec.model.model.clone() })
+                as Arc<dyn agentrt_model::ModelProvider>)
+        }
+        ("gateway", None) => Err("this server has no model routes for the gateway provider".to_owned()),
+        _ => agentrt_model::provider_for(&v.spec.model, inner.http.clone()).map_err(|e| match e {
+            agentrt_model::ModelError::Config(reason) => reason,
+            other => other.to_string(),
+        }),
+    };
     let router = agentrt_tools::router::ToolRouter::new(v.spec.tools.router.clone());
     Ok(inner.agents.insert(tenant, LoadedAgent { version: v, provider, tools, router }))
 }

@@ -134,7 +134,7 @@ pub fn parse_response(body: &[u8], request_bytes: usize) -> Result<ModelResponse
             WireBlock::Other => {}
         }
     }
-    let mut response = ModelResponse { content, tool_calls, usage: Usage::default() };
+    let mut response = ModelResponse { content, tool_calls, usage: Usage::default(), billing: None };
     let reported = wire.usage.map(|u| Usage {
         // Cached prompt tokens are reported apart from `input_tokens`, but
         // they were still read by the model.

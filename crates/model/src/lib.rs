@@ -46,6 +46,9 @@ pub struct ModelResponse {
     pub content: Option<String>,
     pub tool_calls: Vec<ToolCall>,
     pub usage: Usage,
+    /// Who answered and what it cost, when the provider priced the call
+    /// itself (the gateway: the route that answered, with its price).
+    pub billing: Option<agentrt_types::event::Billing>,
 }
 
 /// Why a model call failed.

@@ -134,7 +134,7 @@ pub fn parse_response(body: &[u8], request_bytes: usize) -> Result<ModelResponse
         .into_iter()
         .map(|c| tool_call(c.id, &c.function.name, &c.function.arguments))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut response = ModelResponse { content: choice.message.content, tool_calls, usage: Usage::default() };
+    let mut response = ModelResponse { content: choice.message.content, tool_calls, usage: Usage::default(), billing: None };
     response.usage = http::usage_or_estimate(wire.usage.map(Usage::from), request_bytes, &response);
     Ok(response)
 }
@@ -257,7 +257,7 @@ impl StreamState {
         // Servers open with an empty content delta even when the answer is
         // only tool calls; that is no text.
         let content = self.content.filter(|c| !c.is_empty());
-        let mut response = ModelResponse { content, tool_calls, usage: Usage::default() };
+        let mut response = ModelResponse { content, tool_calls, usage: Usage::default(), billing: None };
         response.usage = http::usage_or_estimate(self.usage, request_bytes, &response);
         Ok(response)
     }

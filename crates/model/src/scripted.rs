@@ -88,6 +88,7 @@ impl ModelProvider for ScriptedProvider {
                 usage: Usage { output_tokens: approx_text(&content), ..usage },
                 content: Some(content),
                 tool_calls: vec![],
+                billing: None,
             });
         };
         let content = step.text.as_deref().map(fill);
@@ -103,7 +104,7 @@ impl ModelProvider for ScriptedProvider {
             .collect();
         let output_tokens = content.as_deref().map(approx_text).unwrap_or(0)
             + tool_calls.iter().map(|c| approx_text(&c.arguments.to_string()) + 1).sum::<u64>();
-        Ok(ModelResponse { content, tool_calls, usage: Usage { output_tokens, ..usage } })
+        Ok(ModelResponse { content, tool_calls, usage: Usage { output_tokens, ..usage }, billing: None })
     }
 }
 

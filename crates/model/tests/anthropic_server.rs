@@ -63,7 +63,7 @@ async fn tool_use_round_trip() {
         ToolCall { id: "toolu_2".into(), name: "clock.now".into(), arguments: json!({}) },
     ];
     let usage = Usage { input_tokens: 50, output_tokens: 20, ..Default::default() };
-    assert_eq!(first, ModelResponse { content: Some("Looking.".into()), tool_calls: calls, usage });
+    assert_eq!(first, ModelResponse { content: Some("Looking.".into()), tool_calls: calls, usage, billing: None });
 
     std::sync::Arc::make_mut(&mut request.messages).push(Message::Assistant { content: first.content, tool_calls: first.tool_calls });
     for (id, name, content, is_error) in [("toolu_1", "kv.get", "\"hello\"", false), ("toolu_2", "clock.now", "clock unavailable", true)] {
@@ -76,7 +76,10 @@ async fn tool_use_round_trip() {
     }
     let second = provider.complete(&request).await.expect("second call succeeds");
     let usage = Usage { input_tokens: 90, output_tokens: 11, ..Default::default() };
-    assert_eq!(second, ModelResponse { content: Some("Greeting is hello; the clock failed.".into()), tool_calls: vec![], usage });
+    assert_eq!(
+        second,
+        ModelResponse { content: Some("Greeting is hello; the clock failed.".into()), tool_calls: vec![], usage, billing: None }
+    );
 
     let requests = recorder.requests();
     assert_eq!(requests.len(), 2);

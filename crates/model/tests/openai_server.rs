@@ -93,7 +93,7 @@ async fn tool_call_round_trip() {
     let first = provider.complete(&request).await.expect("first call succeeds");
     let call = ToolCall { id: "call_7".into(), name: "kv.get".into(), arguments: json!({"key": "greeting"}) };
     let usage = Usage { input_tokens: 12, output_tokens: 9, ..Default::default() };
-    assert_eq!(first, ModelResponse { content: None, tool_calls: vec![call.clone()], usage });
+    assert_eq!(first, ModelResponse { content: None, tool_calls: vec![call.clone()], usage, billing: None });
 
     std::sync::Arc::make_mut(&mut request.messages).push(Message::Assistant { content: None, tool_calls: first.tool_calls });
     std::sync::Arc::make_mut(&mut request.messages).push(Message::Tool {
@@ -105,7 +105,7 @@ async fn tool_call_round_trip() {
     request.idempotency_key = "s1:t1:2".into();
     let second = provider.complete(&request).await.expect("second call succeeds");
     let usage = Usage { input_tokens: 30, output_tokens: 9, ..Default::default() };
-    assert_eq!(second, ModelResponse { content: Some("It says hello.".into()), tool_calls: vec![], usage });
+    assert_eq!(second, ModelResponse { content: Some("It says hello.".into()), tool_calls: vec![], usage, billing: None });
 
     let requests = recorder.requests();
     assert_eq!(requests.len(), 2);
@@ -164,6 +164,7 @@ async fn streamed_content_and_tool_calls_are_assembled() {
         content: Some("Café ☕ first.".into()),
         tool_calls: vec![call("call_a", "a"), call("call_b", "b")],
         usage: Usage { input_tokens: 44, output_tokens: 23, ..Default::default() },
+        billing: None,
     };
     assert_eq!(response, expected);
     let body = &recorder.requests()[0]["body"];

@@ -12,7 +12,8 @@ use serde_json::Value;
 pub const BUILTIN_TOOLS: &[&str] = &["clock.now", "kv.get", "kv.set", "echo"];
 
 /// Model providers this build knows.
-pub const PROVIDERS: &[&str] = &["scripted", "openai", "anthropic"];
+/// `gateway`: the model is a route of the server's model gateway.
+pub const PROVIDERS: &[&str] = &["scripted", "openai", "anthropic", "gateway"];
 
 /// Upper bound on `limits.max_steps`.
 pub const MAX_STEPS_CAP: u32 = 10_000;
