@@ -20,7 +20,16 @@ use serde_json::{json, Value};
 use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
-pub async fn chat_completions(State(s): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+/// Largest request accepted: long conversations and inline images are big.
+pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
+pub async fn chat_completions(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body =
+        body.map_err(|r| ApiError::new(r.status(), "body_too_large", format!("the request must be at most {MAX_REQUEST_BYTES} bytes")))?;
     let Some(gateway) = s.gateway.clone() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -71,7 +71,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies/schema", get(gov::policy_schema))
         .route("/v1/policies/versions/{version}", get(gov::get_policy_version))
         .route("/v1/usage", get(gov::usage))
-        .route("/v1/gateway/openai/v1/chat/completions", post(gateway::chat_completions))
+        .route(
+            "/v1/gateway/openai/v1/chat/completions",
+            post(gateway::chat_completions).layer(DefaultBodyLimit::max(gateway::MAX_REQUEST_BYTES)),
+        )
         .route("/v1/approvals", get(gov::list_approvals))
         .route("/v1/approvals/{id}", get(gov::get_approval).post(gov::decide_approval))
         .route("/v1/sessions/{id}/sandbox", get(sandbox::status))

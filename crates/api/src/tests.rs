@@ -163,3 +163,14 @@ async fn openapi_document_covers_every_route() {
         assert!(paths.contains_key(route), "openapi.json lacks {route}");
     }
 }
+
+#[tokio::test]
+async fn the_gateway_takes_big_conversations_and_refuses_oversize_ones_in_json() {
+    let api = api();
+    let big = format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}", "x".repeat(2 << 20));
+    let (s, v) = api.call("POST", "/v1/gateway/openai/v1/chat/completions", Some("application/json"), &big).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_model_routes")), "a 2 MiB body is read: {v}");
+    let huge = "x".repeat(crate::gateway::MAX_REQUEST_BYTES + 1);
+    let (s, v) = api.call("POST", "/v1/gateway/openai/v1/chat/completions", Some("application/json"), &huge).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large")), "{v}");
+}

@@ -262,7 +262,9 @@ async fn filling_the_workspace_stops_at_the_quota() {
 #[tokio::test]
 async fn a_background_process_keeps_its_state_across_standby_and_resume() {
     let r = rig("").await;
-    let py = "import time\ni = 0\nwhile True:\n    i += 1\n    open(\"/workspace/n.tmp\", \"w\").write(str(i))\n    time.sleep(0.02)";
+    // Written to a new file and renamed, so that a freeze in mid-write never
+    // leaves a half-written count for the test to read.
+    let py = "import os, time\ni = 0\nwhile True:\n    i += 1\n    open(\"/workspace/n.new\", \"w\").write(str(i))\n    os.replace(\"/workspace/n.new\", \"/workspace/n.tmp\")\n    time.sleep(0.02)";
     r.sh_ok(&format!("nohup python3 -c '{py}' >/dev/null 2>&1 &")).await;
     let count = async || r.sh_ok("cat /workspace/n.tmp 2>/dev/null || echo 0").await.trim().parse::<u64>().unwrap_or(0);
     eventually(10, "the counter runs", async || count().await > 5).await;
