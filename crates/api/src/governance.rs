@@ -107,11 +107,18 @@ pub async fn list_keys(State(s): State<AppState>, caller: Caller, QueryArgs(q): 
     Ok(Json(json!({"keys": s.engine.list_api_keys(tenant).await?})))
 }
 
-pub async fn revoke_key(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Admin)?;
+/// Revokes a key of the caller's tenant, or (`?tenant=`, default-tenant
+/// admins only) of another tenant.
+pub async fn revoke_key(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryArgs(q): QueryArgs<KeysQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = key_tenant(&caller, q.tenant.as_deref())?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("API key {id:?} not found"));
     let key_id = KeyId::parse(&id).ok_or_else(not_found)?;
-    Ok(Json(json!(s.engine.revoke_api_key(caller.tenant(), &key_id).await?)))
+    Ok(Json(json!(s.engine.revoke_api_key(tenant, &key_id).await?)))
 }
 
 // ----- policies -----

@@ -57,7 +57,12 @@ pub enum KeysCommand {
         tenant: Option<String>,
     },
     /// Revoke an API key; it stops working at once.
-    Revoke { id: String },
+    Revoke {
+        id: String,
+        /// The key's tenant, if not yours (admins of the default tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -222,8 +227,12 @@ pub async fn keys(ctx: &Ctx, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 output::table(&["ID", "NAME", "ROLE", "CREATED", "STATUS"], &rows);
             });
         }
-        KeysCommand::Revoke { id } => {
-            let v = c.send(c.request(Method::DELETE, &format!("/v1/keys/{id}"))).await?;
+        KeysCommand::Revoke { id, tenant } => {
+            let path = match tenant {
+                Some(t) => format!("/v1/keys/{id}?tenant={t}"),
+                None => format!("/v1/keys/{id}"),
+            };
+            let v = c.send(c.request(Method::DELETE, &path)).await?;
             print(ctx, &v, |v| output::line(&format!("key {} ({}) revoked", text(&v["id"]), text(&v["name"]))));
         }
     }

@@ -142,6 +142,15 @@ async fn another_tenants_ids_are_not_found_on_every_endpoint() {
     let (s, v) = call_as(&server, "art_0000", Method::GET, "/v1/whoami", None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (401, Some("unauthorized")));
     assert_eq!(reqwest::get(format!("{}/healthz", server.url)).await.unwrap().status(), 200);
+
+    // Only the default tenant's admins act on another tenant's keys.
+    let (s, _) = call_as(&server, &acme, Method::DELETE, &format!("/v1/keys/{own_key}?tenant=default"), None).await;
+    assert_eq!(s, 403);
+    let acme_key = call_as(&server, &acme, Method::GET, "/v1/keys", None).await.1["keys"][0]["id"].as_str().unwrap().to_owned();
+    let (s, v) = server.call(Method::DELETE, &format!("/v1/keys/{acme_key}?tenant=acme"), None).await;
+    assert_eq!((s, v["tenant"].as_str()), (200, Some("acme")), "{v}");
+    let (s, v) = call_as(&server, &acme, Method::GET, "/v1/whoami", None).await;
+    assert_eq!(s, 401, "a revoked key stops working at once: {v}");
 }
 
 #[tokio::test]
