@@ -41,18 +41,12 @@ pub async fn chat_completions(
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body must be a Chat Completions request in JSON: {e}")))?;
     match gateway.chat(request).await {
         Ok(Reply::Json { body, record }) => {
-            // Recorded off the response path: the write waits for a commit.
-            let (state, principal, rec) = (s.clone(), caller.0.clone(), record.clone());
-            tokio::spawn(async move { record_usage(&state, &principal, &rec).await });
-            Ok(([("x-agentrt-route", record.route.clone())], Json(body)).into_response())
+            let route = record.route.clone();
+            record_usage(&s, &caller.0, async move { Some(record) });
+            Ok(([("x-agentrt-route", route)], Json(body)).into_response())
         }
         Ok(Reply::Stream { status, bytes, record }) => {
-            let (state, principal) = (s.clone(), caller.0.clone());
-            tokio::spawn(async move {
-                if let Ok(record) = record.await {
-                    record_usage(&state, &principal, &record).await;
-                }
-            });
+            record_usage(&s, &caller.0, async move { record.await.ok() });
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             Ok((status, [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(bytes))
                 .into_response())
@@ -77,9 +71,19 @@ pub async fn chat_completions(
     }
 }
 
-/// Records a gateway call as the caller's usage. A failure is logged: the
-/// answer has already gone to the caller.
-async fn record_usage(s: &AppState, caller: &Principal, record: &CallRecord) {
+/// Records a gateway call as the caller's usage once `record` is known,
+/// off the response path (the write waits for a commit). A failure is
+/// logged: the answer has already gone to the caller.
+fn record_usage(s: &AppState, caller: &Principal, record: impl std::future::Future<Output = Option<CallRecord>> + Send + 'static) {
+    let (s, caller) = (s.clone(), caller.clone());
+    tokio::spawn(async move {
+        if let Some(record) = record.await {
+            save_usage(&s, &caller, &record).await;
+        }
+    });
+}
+
+async fn save_usage(s: &AppState, caller: &Principal, record: &CallRecord) {
     let (agent, session_id) = match caller {
         Principal::Session { agent, session_id, .. } => (agent.clone(), Some(session_id.clone())),
         Principal::Key { name, .. } => (format!("key:{name}"), None),

@@ -32,15 +32,14 @@ impl ModelProvider for GatewayModel {
             o.insert("stream".into(), Value::Bool(false));
             o.remove("stream_options");
         }
-        let request_bytes = body.to_string().len();
         let (answer, record) = match self.gateway.chat(body).await {
             Ok(Reply::Json { body, record }) => (body, record),
             Ok(Reply::Stream { .. }) => return Err(ModelError::Decode("the gateway streamed an answer the loop asked for whole".into())),
             Err(e) => return Err(model_error(e)),
         };
-        let bytes = serde_json::to_vec(&answer).map_err(|e| ModelError::Decode(e.to_string()))?;
-        let mut response = openai::parse_response(&bytes, request_bytes)?;
-        // The gateway's record is what was priced.
+        // No local estimate is needed (request size 0): the gateway's record,
+        // estimated there if the upstream sent no usage, is what was priced.
+        let mut response = openai::parse_response_value(answer, 0)?;
         response.usage =
             Usage { input_tokens: record.input_tokens, output_tokens: record.output_tokens, cached_tokens: record.cached_tokens };
         response.billing = Some(Billing { provider: format!("gateway:{}", record.route), model: record.model, cost_usd: record.cost_usd });

@@ -544,8 +544,7 @@ impl TurnRun {
         }
         for g in &self.progress.gated {
             if !closed.contains(&g.call.id) {
-                let open = OpenToolCall { step: g.step, call: g.call.clone(), idempotent: false, idempotency_key: self.key(g.step) };
-                events.push(self.completed(&open, Outcome::Error, json!({"error": why}), 0, 0));
+                events.push(self.refused(g.step, &g.call, why.to_owned()));
             }
         }
         events

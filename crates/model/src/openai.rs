@@ -122,8 +122,17 @@ fn wire_message(message: &Message) -> Value {
 /// size of the request body) feeds the usage estimate when the server
 /// reports no usage.
 pub fn parse_response(body: &[u8], request_bytes: usize) -> Result<ModelResponse, ModelError> {
-    let wire: WireResponse =
-        serde_json::from_slice(body).map_err(|e| ModelError::Decode(format!("chat completion is not the expected JSON: {e}")))?;
+    decode(serde_json::from_slice(body), request_bytes)
+}
+
+/// Decodes a Chat Completions response already parsed as JSON (e.g. one the
+/// model gateway answered).
+pub fn parse_response_value(body: Value, request_bytes: usize) -> Result<ModelResponse, ModelError> {
+    decode(serde_json::from_value(body), request_bytes)
+}
+
+fn decode(wire: Result<WireResponse, serde_json::Error>, request_bytes: usize) -> Result<ModelResponse, ModelError> {
+    let wire = wire.map_err(|e| ModelError::Decode(format!("chat completion is not the expected JSON: {e}")))?;
     let Some(choice) = wire.choices.into_iter().next() else {
         return Err(ModelError::Decode("chat completion has no choices".into()));
     };

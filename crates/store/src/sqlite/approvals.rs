@@ -39,7 +39,7 @@ pub fn apply(tx: &Transaction<'_>, tenant: &str, event: &Event) -> Result<(), St
             .map_err(db)?;
         }
         EventData::ApprovalDecided { approval_id, decision, approver, comment, .. } => {
-            let Some(mut approval) = get_in(tx, approval_id)? else {
+            let Some(mut approval) = get(tx, approval_id)? else {
                 return Err(StoreError::PreconditionFailed(format!("approval {approval_id} was never requested")));
             };
             approval.status = (*decision).into();
@@ -71,7 +71,7 @@ pub fn apply(tx: &Transaction<'_>, tenant: &str, event: &Event) -> Result<(), St
 
 /// Refuses unless the approval exists in this session and is pending.
 pub fn check_pending(tx: &Transaction<'_>, session: &SessionId, id: &ApprovalId) -> Result<(), StoreError> {
-    match get_in(tx, id)? {
+    match get(tx, id)? {
         Some(a) if &a.session_id == session && a.status == ApprovalStatus::Pending => Ok(()),
         Some(a) => Err(StoreError::PreconditionFailed(format!("approval {id} is already {}", a.status.as_str()))),
         None => Err(StoreError::PreconditionFailed(format!("approval {id} not found"))),
@@ -86,7 +86,8 @@ fn save(tx: &Transaction<'_>, a: &Approval) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn get_in(conn: &Connection, id: &ApprovalId) -> Result<Option<Approval>, StoreError> {
+/// One approval by id (a transaction is a connection too).
+pub fn get(conn: &Connection, id: &ApprovalId) -> Result<Option<Approval>, StoreError> {
     let text: Option<String> =
         conn.query_row("SELECT summary FROM approvals WHERE id = ?1", params![id.as_str()], |r| r.get(0)).optional().map_err(db)?;
     text.map(|t| parse(&t)).transpose()
@@ -94,11 +95,6 @@ fn get_in(conn: &Connection, id: &ApprovalId) -> Result<Option<Approval>, StoreE
 
 fn parse(text: &str) -> Result<Approval, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("approval: {e}")))
-}
-
-/// One approval by id.
-pub fn get(conn: &Connection, id: &ApprovalId) -> Result<Option<Approval>, StoreError> {
-    get_in(conn, id)
 }
 
 /// A tenant's approvals, newest first.
