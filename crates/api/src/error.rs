@@ -74,6 +74,7 @@ impl From<EngineError> for ApiError {
                 | StoreError::SessionTerminated(_)
                 | StoreError::StaleFence { .. }
                 | StoreError::PreconditionFailed(_)
+                | StoreError::BudgetExceeded(_)
                 | StoreError::DuplicateIdempotencyKey(_)
                 | StoreError::SchemaTooNew { .. }
                 | StoreError::Corrupt(_)

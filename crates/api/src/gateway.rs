@@ -3,13 +3,13 @@
 //! SDK, LangGraph, the OpenAI Agents SDK…) sets its base URL to
 //! `…/v1/gateway/openai/v1` and its API key to its session credential; the
 //! `model` it asks for names a route of the server config. Every call is
-//! priced and recorded as the caller's usage (the session's, for a session
-//! credential).
+//! priced and recorded as the caller's usage (for a session credential, as
+//! a `gateway.called` event in the session's log). A call that a budget
+//! refuses is answered 429 `budget_exceeded`, naming the budget.
 
+use agentrt_engine::budgets::GatewayCall;
 use agentrt_gateway::{CallRecord, GatewayError, Reply};
-use agentrt_store::UsageRecord;
-use agentrt_types::time::now_ms;
-use agentrt_types::Principal;
+use agentrt_types::{Principal, Usage};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -39,6 +39,10 @@ pub async fn chat_completions(
     };
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body must be a Chat Completions request in JSON: {e}")))?;
+    if let Some(breach) = s.engine.gateway_breach(&caller.0).await? {
+        let body = json!({"error": {"code": "budget_exceeded", "message": breach.to_string(), "budget": breach}});
+        return Ok((StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response());
+    }
     match gateway.chat(request).await {
         Ok(Reply::Json { body, record }) => {
             let route = record.route.clone();
@@ -78,35 +82,23 @@ fn record_usage(s: &AppState, caller: &Principal, record: impl std::future::Futu
     let (s, caller) = (s.clone(), caller.clone());
     tokio::spawn(async move {
         if let Some(record) = record.await {
-            save_usage(&s, &caller, &record).await;
+            save_usage(&s, &caller, record).await;
         }
     });
 }
 
-async fn save_usage(s: &AppState, caller: &Principal, record: &CallRecord) {
-    let (agent, session_id) = match caller {
-        Principal::Session { agent, session_id, .. } => (agent.clone(), Some(session_id.clone())),
-        Principal::Key { name, .. } => (format!("key:{name}"), None),
-        Principal::Dev => ("dev".to_owned(), None),
-    };
-    let usage = UsageRecord {
-        ts_ms: now_ms(),
-        tenant: caller.tenant().to_owned(),
-        agent,
-        session_id,
-        turn_id: None,
-        source: "gateway".into(),
-        route: record.route.clone(),
-        provider: record.provider.clone(),
-        model: record.model.clone(),
-        input_tokens: record.input_tokens,
-        output_tokens: record.output_tokens,
-        cached_tokens: record.cached_tokens,
+async fn save_usage(s: &AppState, caller: &Principal, record: CallRecord) {
+    let route = record.route.clone();
+    let call = GatewayCall {
+        route: record.route,
+        provider: record.provider,
+        model: record.model,
+        usage: Usage { input_tokens: record.input_tokens, output_tokens: record.output_tokens, cached_tokens: record.cached_tokens },
         cost_usd: record.cost_usd,
         latency_us: record.latency_us,
         estimated: record.estimated,
     };
-    if let Err(e) = s.engine.record_usage(&usage).await {
-        tracing::error!(error = %e, route = %record.route, "could not record a gateway call's usage");
+    if let Err(e) = s.engine.record_gateway_call(caller, call).await {
+        tracing::error!(error = %e, route = %route, "could not record a gateway call's usage");
     }
 }

@@ -2,6 +2,7 @@
 //! endpoints under `/v1`, health checks and the OpenAPI document.
 
 mod auth;
+mod budgets;
 mod error;
 mod extract;
 mod gateway;
@@ -75,6 +76,9 @@ pub fn router(state: AppState) -> Router {
             "/v1/gateway/openai/v1/chat/completions",
             post(gateway::chat_completions).layer(DefaultBodyLimit::max(gateway::MAX_REQUEST_BYTES)),
         )
+        .route("/v1/budgets", get(budgets::list).post(budgets::create))
+        .route("/v1/budgets/{id}", get(budgets::get).patch(budgets::patch).delete(budgets::delete))
+        .route("/v1/sessions/{id}/budget-override", post(budgets::override_session))
         .route("/v1/approvals", get(gov::list_approvals))
         .route("/v1/approvals/{id}", get(gov::get_approval).post(gov::decide_approval))
         .route("/v1/sessions/{id}/sandbox", get(sandbox::status))

@@ -10,7 +10,10 @@ use agentrt_store::{
     Tenant, UsageQuery, UsageRecord, UsageRow,
 };
 use agentrt_types::event::StoredRecord;
-use agentrt_types::{AgentSpec, ApprovalId, Event, KeyId, SessionId, SessionSummary, TurnId, TurnSummary};
+use agentrt_types::{
+    AgentSpec, ApprovalId, Budget, BudgetBreach, BudgetId, BudgetPeriod, Event, KeyId, SessionId, SessionSummary, Spend, TurnId,
+    TurnSummary,
+};
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -131,6 +134,27 @@ impl Store for TimedStore {
     }
     async fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         self.inner.usage_summary(query).await
+    }
+    async fn create_budget(&self, budget: &Budget) -> Result<(), StoreError> {
+        self.inner.create_budget(budget).await
+    }
+    async fn get_budget(&self, id: &BudgetId) -> Result<Option<Budget>, StoreError> {
+        self.inner.get_budget(id).await
+    }
+    async fn list_budgets(&self, tenant: &str) -> Result<Vec<Budget>, StoreError> {
+        self.inner.list_budgets(tenant).await
+    }
+    async fn set_budget_limit(&self, tenant: &str, id: &BudgetId, limit: f64, by: &str) -> Result<Option<Budget>, StoreError> {
+        self.inner.set_budget_limit(tenant, id, limit, by).await
+    }
+    async fn delete_budget(&self, tenant: &str, id: &BudgetId) -> Result<Option<Budget>, StoreError> {
+        self.inner.delete_budget(tenant, id).await
+    }
+    async fn period_spend(&self, tenant: &str, agent: Option<&str>, period: BudgetPeriod) -> Result<Spend, StoreError> {
+        self.inner.period_spend(tenant, agent, period).await
+    }
+    async fn gateway_breach(&self, tenant: &str, session: Option<&SessionId>) -> Result<Option<BudgetBreach>, StoreError> {
+        self.inner.gateway_breach(tenant, session).await
     }
     async fn setting_or_init(&self, key: &str, init: &str) -> Result<String, StoreError> {
         self.inner.setting_or_init(key, init).await

@@ -2,6 +2,7 @@
 
 mod approvals;
 mod audit;
+mod budgets;
 mod client;
 mod commands;
 mod config;
@@ -121,6 +122,9 @@ enum Command {
     /// List, approve and deny tool calls waiting for a human.
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
+    /// Limits on tokens, cost, tool calls, steps and sandbox CPU.
+    #[command(subcommand)]
+    Budgets(budgets::BudgetsCommand),
 }
 
 #[derive(Subcommand)]
@@ -185,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(c) => governance::keys(&ctx, c).await,
         Command::Policies(c) => governance::policies(&ctx, c).await,
         Command::Approvals(c) => approvals::approvals(&ctx, c).await,
+        Command::Budgets(c) => budgets::budgets(&ctx, c).await,
         Command::Usage { group_by, since, until } => usage::usage(&ctx, group_by, since.as_deref(), until.as_deref()).await,
     }
 }

@@ -101,11 +101,6 @@ impl Engine {
             .collect()
     }
 
-    /// Records one model call made through the gateway.
-    pub async fn record_usage(&self, record: &agentrt_store::UsageRecord) -> Result<(), EngineError> {
-        Ok(self.inner.store.record_usage(record).await?)
-    }
-
     /// Model usage totals, grouped.
     pub async fn usage(&self, query: &agentrt_store::UsageQuery) -> Result<Vec<agentrt_store::UsageRow>, EngineError> {
         Ok(self.inner.store.usage_summary(query).await?)

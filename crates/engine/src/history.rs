@@ -111,10 +111,15 @@ pub struct TurnProgress {
     pub ended: bool,
     /// Calls waiting for (or just given) a human's decision.
     pub gated: Vec<GatedCall>,
-    /// Since when some approval has been undecided, if one is.
+    /// Whether a budget paused the turn (until `budget.resumed`).
+    pub budget_paused: bool,
+    /// Tool calls a budget held back; they get their intent on resume.
+    pub held: Vec<agentrt_types::budget::HeldCall>,
+    /// Since when the turn has been paused (approvals undecided or a
+    /// budget spent), if it is.
     pub waiting_since: Option<i64>,
-    /// Time spent waiting for approvals before `waiting_since`; it does not
-    /// count against the turn's time limit.
+    /// Time spent paused before `waiting_since`; it does not count against
+    /// the turn's time limit.
     pub waited_ms: i64,
     /// How often the model asked for each `(tool, arguments)` in this turn.
     pub call_counts: std::collections::HashMap<(String, String), u32>,
@@ -125,6 +130,24 @@ pub struct TurnProgress {
 impl TurnProgress {
     /// Applies an event of this turn.
     pub fn apply(&mut self, event: &Event) {
+        let was_paused = self.paused();
+        self.fold(event);
+        match (was_paused, self.paused(), self.waiting_since) {
+            (false, true, _) => self.waiting_since = Some(event.body.ts),
+            (true, false, Some(since)) => {
+                self.waited_ms += event.body.ts - since;
+                self.waiting_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the turn waits for a human or a budget.
+    fn paused(&self) -> bool {
+        self.budget_paused || self.undecided() > 0
+    }
+
+    fn fold(&mut self, event: &Event) {
         match &event.body.data {
             EventData::TurnStarted { .. } => self.started_ms = Some(event.body.ts),
             EventData::TurnCancelRequested { .. } => self.cancel_requested = true,
@@ -145,6 +168,7 @@ impl TurnProgress {
             EventData::ToolRequested { step, call_id, tool, arguments, idempotent, idempotency_key, .. } => {
                 self.last_step = self.last_step.max(*step);
                 self.gated.retain(|g| &g.call.id != call_id);
+                self.held.retain(|h| &h.call.id != call_id);
                 self.open_tools.push(OpenToolCall {
                     step: *step,
                     call: ToolCall { id: call_id.clone(), name: tool.clone(), arguments: arguments.clone() },
@@ -157,13 +181,11 @@ impl TurnProgress {
                 self.last_step = self.last_step.max(*step);
                 self.open_tools.retain(|t| &t.call.id != call_id);
                 self.gated.retain(|g| &g.call.id != call_id);
+                self.held.retain(|h| &h.call.id != call_id);
                 self.steps_done += 1;
             }
             EventData::ApprovalRequested { approval_id, step, call_id, tool, arguments, expires_ms, .. } => {
                 self.last_step = self.last_step.max(*step);
-                if self.undecided() == 0 {
-                    self.waiting_since = Some(event.body.ts);
-                }
                 self.gated.push(GatedCall {
                     approval_id: approval_id.clone(),
                     step: *step,
@@ -176,11 +198,15 @@ impl TurnProgress {
                 if let Some(g) = self.gated.iter_mut().find(|g| &g.approval_id == approval_id) {
                     g.decision = Some((*decision, approver.clone(), comment.clone()));
                 }
-                if let (0, Some(since)) = (self.undecided(), self.waiting_since) {
-                    self.waited_ms += event.body.ts - since;
-                    self.waiting_since = None;
+            }
+            EventData::BudgetExceeded { held, .. } => {
+                self.budget_paused = true;
+                for h in held {
+                    self.last_step = self.last_step.max(h.step);
+                    self.held.push(h.clone());
                 }
             }
+            EventData::BudgetResumed { .. } => self.budget_paused = false,
             d if d.ends_turn() => self.ended = true,
             _ => {}
         }

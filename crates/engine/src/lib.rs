@@ -7,6 +7,7 @@
 //! `history` (rebuilding state from the log).
 
 mod agents;
+pub mod budgets;
 mod credentials;
 mod error;
 mod executor;
@@ -221,7 +222,13 @@ impl Engine {
 
     /// Metrics in the Prometheus text format, with scrape-time gauges refreshed.
     pub async fn metrics_text(&self) -> Result<String, EngineError> {
-        for status in [SessionStatus::Idle, SessionStatus::Running, SessionStatus::WaitingApproval, SessionStatus::Terminated] {
+        for status in [
+            SessionStatus::Idle,
+            SessionStatus::Running,
+            SessionStatus::WaitingApproval,
+            SessionStatus::WaitingBudget,
+            SessionStatus::Terminated,
+        ] {
             self.inner.metrics.sessions.get_or_create(&metrics::StatusLabel { status: status.as_str().into() }).set(0);
         }
         for (status, n) in self.inner.store.count_sessions_by_status().await? {

@@ -25,6 +25,7 @@ use crate::executor::Slot;
 use crate::history::{Conversation, OpenToolCall, TurnProgress};
 use crate::{telemetry, Inner};
 
+mod budget;
 mod gate;
 
 /// Largest tool output kept in the log, in bytes of JSON.
@@ -261,12 +262,21 @@ impl TurnRun {
             let settled = self.settle_gated();
             if !settled.is_empty() {
                 carry.extend(settled);
-                self.append(std::mem::take(&mut carry)).await?;
+                if let Some(breach) = self.append_checked(std::mem::take(&mut carry)).await? {
+                    return Ok(self.budget_wait(&breach));
+                }
                 continue;
             }
             if self.has_unrun_tools(&carry) {
                 carry = self.run_tools(carry).await?;
                 self.recovering = false;
+                continue;
+            }
+            if !self.progress.held.is_empty() {
+                carry.extend(self.held_intents());
+                if let Some(breach) = self.append_checked(std::mem::take(&mut carry)).await? {
+                    return Ok(self.budget_wait(&breach));
+                }
                 continue;
             }
             if self.progress.undecided() > 0 {
@@ -296,7 +306,9 @@ impl TurnRun {
                     step
                 }
             };
-            self.append(std::mem::take(&mut carry)).await?;
+            if let Some(breach) = self.append_checked(std::mem::take(&mut carry)).await? {
+                return Ok(self.budget_wait(&breach));
+            }
             let started = Instant::now();
             let outcome = self.call_model(step).await?;
             let latency_us = started.elapsed().as_micros() as u64;
@@ -345,7 +357,9 @@ impl TurnRun {
                             events.extend(self.gate(step + 1 + i as u32, call));
                         }
                     }
-                    self.append(events).await?;
+                    if let Some(breach) = self.append_checked(events).await? {
+                        return Ok(self.budget_wait(&breach));
+                    }
                     if final_answer {
                         return Ok(TurnEnd::Ended);
                     }
@@ -458,6 +472,10 @@ impl TurnRun {
                     _ => agent.router.call(&agent.tools, &call.call.name, &ctx, call.call.arguments.clone()).instrument(span.clone()).await,
                 };
                 let r = routed.result;
+                let cpu = match &ctx.sandbox {
+                    Some(sandbox) if agent.tools.server_of(&call.call.name) == "sandbox" => Some(sandbox.take_cpu_usec().await),
+                    _ => None,
+                };
                 match &r {
                     Ok(v) => {
                         span.record("agentrt.tool.outcome", "ok");
@@ -471,7 +489,7 @@ impl TurnRun {
                         span.record("otel.status_code", "ERROR");
                     }
                 }
-                (call, r, started.elapsed().as_micros() as u64, routed.attempts, routed.breaker_changes)
+                (call, r, started.elapsed().as_micros() as u64, routed.attempts, routed.breaker_changes, cpu)
             });
         }
         let deadline = tokio::time::Instant::from_std(self.deadline());
@@ -483,7 +501,7 @@ impl TurnRun {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = self.inner.shutdown.cancelled() => return Err(Abort::Shutdown),
             };
-            let Some((call, result, latency_us, attempts, breaker_changes)) = next else { break };
+            let Some((call, result, latency_us, attempts, breaker_changes, cpu)) = next else { break };
             let (outcome, output) = match result {
                 Ok(v) => (Outcome::Ok, truncate(v)),
                 Err(e) => (Outcome::Error, json!({"error": tool_error_text(&e)})),
@@ -493,7 +511,11 @@ impl TurnRun {
                 let (target, state, failures) = (change.target, change.state.as_str().to_owned(), change.failures);
                 done.push(EventData::ToolBreaker { turn_id, target, state, failures }.into());
             }
-            done.push(self.completed(&call, outcome, output, latency_us, attempts));
+            let mut completed = self.completed(&call, outcome, output, latency_us, attempts);
+            if let EventData::ToolCompleted { sandbox_cpu_us, .. } = &mut completed.data {
+                *sandbox_cpu_us = cpu;
+            }
+            done.push(completed);
             if !pending.is_empty() {
                 self.append(std::mem::take(&mut done)).await?;
             }
@@ -520,6 +542,7 @@ impl TurnRun {
             output,
             latency_us,
             attempts,
+            sandbox_cpu_us: None,
         }
         .into()
     }
@@ -545,6 +568,11 @@ impl TurnRun {
         for g in &self.progress.gated {
             if !closed.contains(&g.call.id) {
                 events.push(self.refused(g.step, &g.call, why.to_owned()));
+            }
+        }
+        for h in &self.progress.held {
+            if !closed.contains(&h.call.id) {
+                events.push(self.refused(h.step, &h.call, why.to_owned()));
             }
         }
         events

@@ -46,6 +46,7 @@ impl SandboxManager {
                 sink: self.sink.clone(),
                 state: tokio::sync::Mutex::new(State::Empty { hibernated: false }),
                 last_used: Mutex::new(Instant::now()),
+                cpu_taken: Mutex::new((String::new(), 0)),
                 busy: AtomicUsize::new(0),
             })
         });
@@ -139,6 +140,8 @@ pub struct SessionSandbox {
     last_used: Mutex<Instant>,
     /// Calls in flight: a busy sandbox is never frozen.
     busy: AtomicUsize,
+    /// The sandbox instance and its CPU counter when CPU was last taken.
+    cpu_taken: Mutex<(String, u64)>,
 }
 
 /// Marks a call in flight for its duration.
@@ -248,6 +251,18 @@ impl SessionSandbox {
     }
 
     /// Where the sandbox is and what it uses.
+    /// CPU time (µs) the sandbox used since the last call of this method,
+    /// all of it for an instance started since; each microsecond is taken
+    /// once, however many calls run in parallel. For budgets.
+    pub async fn take_cpu_usec(&self) -> u64 {
+        let status = self.status().await;
+        let (Some(id), cpu) = (status.id, status.usage.cpu_usec) else { return 0 };
+        let mut taken = self.cpu_taken.lock().expect("sandbox cpu lock");
+        let (used, counter) = if taken.0 == id { (cpu.saturating_sub(taken.1), cpu.max(taken.1)) } else { (cpu, cpu) };
+        *taken = (id, counter);
+        used
+    }
+
     pub async fn status(&self) -> SandboxStatus {
         let state = self.state.lock().await;
         let (name, sb) = match &*state {

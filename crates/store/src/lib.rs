@@ -7,7 +7,10 @@ pub mod sqlite;
 mod types;
 
 use agentrt_types::event::StoredRecord;
-use agentrt_types::{AgentSpec, ApprovalId, Event, KeyId, SessionId, SessionSummary, TurnId, TurnSummary};
+use agentrt_types::{
+    AgentSpec, ApprovalId, Budget, BudgetBreach, BudgetId, BudgetPeriod, Event, KeyId, SessionId, SessionSummary, Spend, TurnId,
+    TurnSummary,
+};
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -39,6 +42,10 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// A budget refuses the model or tool call the append starts; nothing
+    /// was written.
+    #[error("{0}")]
+    BudgetExceeded(Box<agentrt_types::BudgetBreach>),
     /// A named object does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -123,6 +130,20 @@ pub trait Store: Send + Sync + 'static {
     async fn record_usage(&self, record: &UsageRecord) -> Result<(), StoreError>;
     /// Usage totals, grouped.
     async fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+    /// Stores a new budget.
+    async fn create_budget(&self, budget: &Budget) -> Result<(), StoreError>;
+    async fn get_budget(&self, id: &BudgetId) -> Result<Option<Budget>, StoreError>;
+    /// A tenant's budgets, oldest first.
+    async fn list_budgets(&self, tenant: &str) -> Result<Vec<Budget>, StoreError>;
+    /// Sets a tenant's budget's limit; `None` if the tenant has no such budget.
+    async fn set_budget_limit(&self, tenant: &str, id: &BudgetId, limit: f64, by: &str) -> Result<Option<Budget>, StoreError>;
+    /// Deletes a tenant's budget; `None` if the tenant has no such budget.
+    async fn delete_budget(&self, tenant: &str, id: &BudgetId) -> Result<Option<Budget>, StoreError>;
+    /// What the tenant (or one agent of it) spent in the current day or month.
+    async fn period_spend(&self, tenant: &str, agent: Option<&str>, period: BudgetPeriod) -> Result<Spend, StoreError>;
+    /// The budget that refuses a gateway call by the session (or, without
+    /// one, by the tenant's API key) now, if any.
+    async fn gateway_breach(&self, tenant: &str, session: Option<&SessionId>) -> Result<Option<BudgetBreach>, StoreError>;
     /// A node-wide setting, initialised to `init` by the first caller.
     async fn setting_or_init(&self, key: &str, init: &str) -> Result<String, StoreError>;
 }

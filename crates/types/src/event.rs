@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::ids::{ApprovalId, SessionId, TurnId};
+use crate::budget::{BudgetBreach, HeldCall};
+use crate::ids::{ApprovalId, BudgetId, SessionId, TurnId};
 use crate::message::ToolCall;
 
 /// Version of the event schema written by this build.
@@ -202,6 +203,9 @@ pub enum EventData {
         output: Value,
         latency_us: u64,
         attempts: u32,
+        /// CPU time the session's sandbox used while the call ran.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox_cpu_us: Option<u64>,
     },
     /// A tool target's circuit breaker changed state (`open`, `half_open`, `closed`).
     #[serde(rename = "tool.breaker")]
@@ -269,6 +273,44 @@ pub enum EventData {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         comment: Option<String>,
     },
+    /// A budget refused a model or tool call: the turn pauses until the
+    /// budget is raised, removed, overridden or its period rolls over.
+    /// `held` are the tool calls that run once it may go on.
+    #[serde(rename = "budget.exceeded")]
+    BudgetExceeded {
+        turn_id: TurnId,
+        breach: BudgetBreach,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        held: Vec<HeldCall>,
+    },
+    /// The budgets allow the paused turn again; it goes on.
+    #[serde(rename = "budget.resumed")]
+    BudgetResumed { turn_id: TurnId },
+    /// An operator let the turn go past a budget (`budget_id`), or past
+    /// every budget (`budget_id` absent), until the turn ends.
+    #[serde(rename = "budget.overridden")]
+    BudgetOverridden {
+        turn_id: TurnId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        budget_id: Option<BudgetId>,
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    /// A model call made through the gateway with the session's credential
+    /// (e.g. by code in its sandbox).
+    #[serde(rename = "gateway.called")]
+    GatewayCalled {
+        route: String,
+        provider: String,
+        model: String,
+        usage: Usage,
+        cost_usd: f64,
+        latency_us: u64,
+        /// Tokens counted locally: the provider reported none.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        estimated: bool,
+    },
     /// Assistant output shown to the user.
     #[serde(rename = "message")]
     Message { turn_id: TurnId, content: String },
@@ -305,6 +347,10 @@ impl EventData {
             EventData::PolicyDecided { .. } => "policy.decided",
             EventData::ApprovalRequested { .. } => "approval.requested",
             EventData::ApprovalDecided { .. } => "approval.decided",
+            EventData::BudgetExceeded { .. } => "budget.exceeded",
+            EventData::BudgetResumed { .. } => "budget.resumed",
+            EventData::BudgetOverridden { .. } => "budget.overridden",
+            EventData::GatewayCalled { .. } => "gateway.called",
             EventData::Message { .. } => "message",
             EventData::TurnCompleted { .. } => "turn.completed",
             EventData::TurnFailed { .. } => "turn.failed",
@@ -322,7 +368,8 @@ impl EventData {
             | EventData::SandboxResumed(_)
             | EventData::SandboxHibernated(_)
             | EventData::SandboxRestarted(_)
-            | EventData::SandboxDestroyed(_) => None,
+            | EventData::SandboxDestroyed(_)
+            | EventData::GatewayCalled { .. } => None,
             EventData::TurnSubmitted { turn_id, .. }
             | EventData::TurnStarted { turn_id, .. }
             | EventData::TurnResumed { turn_id, .. }
@@ -336,6 +383,9 @@ impl EventData {
             | EventData::PolicyDecided { turn_id, .. }
             | EventData::ApprovalRequested { turn_id, .. }
             | EventData::ApprovalDecided { turn_id, .. }
+            | EventData::BudgetExceeded { turn_id, .. }
+            | EventData::BudgetResumed { turn_id }
+            | EventData::BudgetOverridden { turn_id, .. }
             | EventData::Message { turn_id, .. }
             | EventData::TurnCompleted { turn_id, .. }
             | EventData::TurnFailed { turn_id, .. }

@@ -1,4 +1,4 @@
-//! Prefixed, time-ordered identifiers (`ses_…`, `turn_…`, `apr_…`, `key_…`).
+//! Prefixed, time-ordered identifiers (`ses_…`, `turn_…`, `apr_…`, `key_…`, `bud_…`).
 //!
 //! Ids are UUIDv7 in simple hex form behind a short prefix, so they sort by
 //! creation time, which cursor pagination relies on.
@@ -48,6 +48,7 @@ prefixed_id!(SessionId, "ses_", "Identifies one session.");
 prefixed_id!(TurnId, "turn_", "Identifies one turn of a session.");
 prefixed_id!(ApprovalId, "apr_", "Identifies one human approval request.");
 prefixed_id!(KeyId, "key_", "Identifies one API key.");
+prefixed_id!(BudgetId, "bud_", "Identifies one budget.");
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::budget::{BudgetBreach, Spend};
 use crate::event::{Event, EventData, Usage};
 use crate::ids::{SessionId, TurnId};
 
@@ -18,6 +19,9 @@ pub enum SessionStatus {
     Running,
     /// A turn is paused until a human decides one or more approvals.
     WaitingApproval,
+    /// A turn is paused because a budget is spent, until it is raised,
+    /// overridden or its period rolls over.
+    WaitingBudget,
     /// Terminated: the log is kept, new input is refused.
     Terminated,
 }
@@ -28,6 +32,7 @@ impl SessionStatus {
             SessionStatus::Idle => "idle",
             SessionStatus::Running => "running",
             SessionStatus::WaitingApproval => "waiting_approval",
+            SessionStatus::WaitingBudget => "waiting_budget",
             SessionStatus::Terminated => "terminated",
         }
     }
@@ -37,6 +42,7 @@ impl SessionStatus {
             "idle" => Some(SessionStatus::Idle),
             "running" => Some(SessionStatus::Running),
             "waiting_approval" => Some(SessionStatus::WaitingApproval),
+            "waiting_budget" => Some(SessionStatus::WaitingBudget),
             "terminated" => Some(SessionStatus::Terminated),
             _ => None,
         }
@@ -67,6 +73,12 @@ pub struct SessionSummary {
     /// Approvals of the running turn not decided yet.
     #[serde(default)]
     pub pending_approvals: u32,
+    /// What the session has spent, as counted for budgets.
+    #[serde(default)]
+    pub spend: Spend,
+    /// The budget the running turn is paused on, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_exceeded: Option<BudgetBreach>,
     /// Seq of the last event.
     pub last_seq: u64,
 }
@@ -95,6 +107,8 @@ impl SessionSummary {
             running_turn: None,
             queued_turns: 0,
             pending_approvals: 0,
+            spend: Spend::default(),
+            budget_exceeded: None,
             last_seq: event.body.seq,
         })
     }
@@ -117,19 +131,25 @@ impl SessionSummary {
             EventData::ModelCompleted { usage, .. } => self.usage.add(*usage),
             EventData::ApprovalRequested { .. } => self.pending_approvals += 1,
             EventData::ApprovalDecided { .. } => self.pending_approvals = self.pending_approvals.saturating_sub(1),
+            EventData::BudgetExceeded { breach, .. } => self.budget_exceeded = Some(breach.clone()),
+            EventData::BudgetResumed { .. } => self.budget_exceeded = None,
             EventData::TurnCompleted { turn_id, .. } | EventData::TurnFailed { turn_id, .. } | EventData::TurnCancelled { turn_id, .. } => {
                 if self.running_turn.as_ref() == Some(turn_id) {
                     self.running_turn = None;
                     self.pending_approvals = 0;
+                    self.budget_exceeded = None;
                 } else {
                     self.queued_turns = self.queued_turns.saturating_sub(1);
                 }
             }
             _ => {}
         }
+        self.spend.add(Spend::of(&event.body.data));
         if self.status != SessionStatus::Terminated {
             self.status = if self.pending_approvals > 0 {
                 SessionStatus::WaitingApproval
+            } else if self.budget_exceeded.is_some() {
+                SessionStatus::WaitingBudget
             } else if self.running_turn.is_some() || self.queued_turns > 0 {
                 SessionStatus::Running
             } else {
@@ -208,6 +228,15 @@ pub struct TurnSummary {
     /// Approvals of this turn not decided yet; the turn is paused while > 0.
     #[serde(default)]
     pub pending_approvals: u32,
+    /// What the turn has spent, as counted for budgets.
+    #[serde(default)]
+    pub spend: Spend,
+    /// The budget the turn is paused on, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_exceeded: Option<BudgetBreach>,
+    /// Budgets an operator let this turn go past (`*`: every budget).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budget_overrides: Vec<String>,
     /// Seq of the `turn.submitted` event; orders the queue.
     pub submitted_seq: u64,
     pub created_ms: i64,
@@ -236,11 +265,19 @@ impl TurnSummary {
             steps: 0,
             cancel_requested: false,
             pending_approvals: 0,
+            spend: Spend::default(),
+            budget_exceeded: None,
+            budget_overrides: Vec::new(),
             submitted_seq: event.body.seq,
             created_ms: event.body.ts,
             started_ms: None,
             ended_ms: None,
         })
+    }
+
+    /// Whether an operator let this turn go past `budget`.
+    pub fn overrides(&self, budget: &crate::ids::BudgetId) -> bool {
+        self.budget_overrides.iter().any(|b| b == "*" || b == budget.as_str())
     }
 
     /// Applies one more event of this turn.
@@ -259,6 +296,11 @@ impl TurnSummary {
             EventData::ModelFailed { .. } | EventData::ToolCompleted { .. } => self.steps += 1,
             EventData::ApprovalRequested { .. } => self.pending_approvals += 1,
             EventData::ApprovalDecided { .. } => self.pending_approvals = self.pending_approvals.saturating_sub(1),
+            EventData::BudgetExceeded { breach, .. } => self.budget_exceeded = Some(breach.clone()),
+            EventData::BudgetResumed { .. } => self.budget_exceeded = None,
+            EventData::BudgetOverridden { budget_id, .. } => {
+                self.budget_overrides.push(budget_id.as_ref().map_or_else(|| "*".to_owned(), |b| b.to_string()))
+            }
             EventData::TurnCompleted { output, .. } => {
                 self.status = TurnStatus::Completed;
                 self.output = Some(output.clone());
@@ -276,8 +318,10 @@ impl TurnSummary {
             }
             _ => {}
         }
+        self.spend.add(Spend::of(&event.body.data));
         if self.status.is_final() {
             self.pending_approvals = 0;
+            self.budget_exceeded = None;
         }
     }
 }

@@ -44,6 +44,7 @@ impl TurnRun {
             output: json!({ "error": message }),
             latency_us: 0,
             attempts: 0,
+            sandbox_cpu_us: None,
         }
         .into()
     }

@@ -2,6 +2,7 @@
 //! `synchronous=FULL`), and a pool of read connections.
 
 mod approvals;
+mod budgets;
 mod identity;
 mod read;
 mod schema;
@@ -12,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use agentrt_types::event::StoredRecord;
-use agentrt_types::{AgentSpec, ApprovalId, Event, KeyId, SessionId, SessionSummary, TurnId, TurnSummary};
+use agentrt_types::time::now_ms;
+use agentrt_types::{
+    AgentSpec, ApprovalId, Budget, BudgetBreach, BudgetId, BudgetPeriod, Event, KeyId, SessionId, SessionSummary, Spend, TurnId,
+    TurnSummary,
+};
 use async_trait::async_trait;
 use rusqlite::Connection;
 use serde_json::Value;
@@ -244,12 +249,47 @@ impl Store for SqliteStore {
 
     async fn record_usage(&self, record: &UsageRecord) -> Result<(), StoreError> {
         let record = record.clone();
-        self.write_with(move |tx| usage::insert(tx, &record)).await
+        self.write_with(move |tx| usage::record(tx, &record)).await
     }
 
     async fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         let query = query.clone();
         self.readers.run(move |c| usage::summary(c, &query)).await
+    }
+
+    async fn create_budget(&self, budget: &Budget) -> Result<(), StoreError> {
+        let budget = budget.clone();
+        self.write_with(move |tx| budgets::create(tx, &budget)).await
+    }
+
+    async fn get_budget(&self, id: &BudgetId) -> Result<Option<Budget>, StoreError> {
+        let id = id.clone();
+        self.readers.run(move |c| budgets::get(c, &id)).await
+    }
+
+    async fn list_budgets(&self, tenant: &str) -> Result<Vec<Budget>, StoreError> {
+        let tenant = tenant.to_owned();
+        self.readers.run(move |c| budgets::list(c, &tenant)).await
+    }
+
+    async fn set_budget_limit(&self, tenant: &str, id: &BudgetId, limit: f64, by: &str) -> Result<Option<Budget>, StoreError> {
+        let (tenant, id, by) = (tenant.to_owned(), id.clone(), by.to_owned());
+        self.write_with(move |tx| budgets::set_limit(tx, &tenant, &id, limit, &by, now_ms())).await
+    }
+
+    async fn delete_budget(&self, tenant: &str, id: &BudgetId) -> Result<Option<Budget>, StoreError> {
+        let (tenant, id) = (tenant.to_owned(), id.clone());
+        self.write_with(move |tx| budgets::delete(tx, &tenant, &id)).await
+    }
+
+    async fn period_spend(&self, tenant: &str, agent: Option<&str>, period: BudgetPeriod) -> Result<Spend, StoreError> {
+        let (tenant, agent) = (tenant.to_owned(), agent.map(str::to_owned));
+        self.readers.run(move |c| budgets::period_spend(c, &tenant, agent.as_deref(), period, now_ms())).await
+    }
+
+    async fn gateway_breach(&self, tenant: &str, session: Option<&SessionId>) -> Result<Option<BudgetBreach>, StoreError> {
+        let (tenant, session) = (tenant.to_owned(), session.cloned());
+        self.readers.run(move |c| budgets::gateway_breach(c, &tenant, session.as_ref(), now_ms())).await
     }
 
     async fn setting_or_init(&self, key: &str, init: &str) -> Result<String, StoreError> {

@@ -141,6 +141,26 @@ CREATE TABLE model_usage (
 );
 CREATE INDEX model_usage_by_tenant ON model_usage (tenant, ts_ms);
 "#,
+    r#"
+CREATE TABLE budgets (
+    id      TEXT PRIMARY KEY,
+    tenant  TEXT NOT NULL,
+    body    TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX budgets_by_tenant ON budgets (tenant, id);
+
+CREATE TABLE spend_daily (
+    tenant          TEXT NOT NULL,
+    day             INTEGER NOT NULL,
+    agent           TEXT NOT NULL,
+    tokens          INTEGER NOT NULL,
+    cost_usd        REAL NOT NULL,
+    tool_calls      INTEGER NOT NULL,
+    steps           INTEGER NOT NULL,
+    sandbox_cpu_us  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, day, agent)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Brings the schema up to date.

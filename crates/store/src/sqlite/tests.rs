@@ -320,3 +320,128 @@ async fn model_calls_are_accounted_with_their_event_and_grouped() {
     assert!(store.usage_summary(&later).await.unwrap().is_empty());
     assert_eq!(store.usage_summary(&q(None, crate::UsageGroup::Route)).await.unwrap()[0].estimated_calls, 1);
 }
+
+fn budget(
+    scope: agentrt_types::BudgetScope,
+    target: Option<&str>,
+    metric: agentrt_types::BudgetMetric,
+    period: agentrt_types::BudgetPeriod,
+    limit: f64,
+) -> agentrt_types::Budget {
+    agentrt_types::Budget {
+        id: agentrt_types::BudgetId::generate(),
+        tenant: "default".into(),
+        scope,
+        target: target.map(Into::into),
+        metric,
+        period,
+        limit,
+        created_ms: 0,
+        updated_ms: 0,
+        updated_by: "test".into(),
+    }
+}
+
+fn model_requested(turn: &TurnId, step: u32) -> agentrt_types::NewEvent {
+    EventData::ModelRequested { turn_id: turn.clone(), step, provider: "p".into(), model: "m".into() }.into()
+}
+
+#[tokio::test]
+async fn concurrent_appends_never_take_more_than_a_budget_allows() {
+    use agentrt_types::{BudgetMetric, BudgetPeriod, BudgetScope};
+    let (_d, store) = open();
+    let daily = budget(BudgetScope::Tenant, None, BudgetMetric::Steps, BudgetPeriod::Day, 7.0);
+    store.create_budget(&daily).await.unwrap();
+    let store = std::sync::Arc::new(store);
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let id = session(&store).await;
+        let turn = TurnId::generate();
+        store.append(client(&id, vec![submit(&turn, None)])).await.unwrap();
+        sessions.push((id, turn));
+    }
+    // 3 sessions × 5 model calls each race for 7 steps.
+    let mut tasks = Vec::new();
+    for (id, turn) in &sessions {
+        for step in 1..=5 {
+            let (store, id, turn) = (store.clone(), id.clone(), turn.clone());
+            tasks.push(tokio::spawn(async move { store.append(client(&id, vec![model_requested(&turn, step)])).await }));
+        }
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::BudgetExceeded(b)) => {
+                assert_eq!((b.budget_id.clone(), b.limit, b.spent), (daily.id.clone(), 7.0, 8.0));
+                assert!(b.resets_ms.is_some(), "a day budget says when it frees up");
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!((ok, refused), (7, 8));
+    let spent = store.period_spend("default", None, BudgetPeriod::Day).await.unwrap();
+    assert_eq!(spent.steps, 7);
+    assert_eq!(store.period_spend("default", Some("a"), BudgetPeriod::Month).await.unwrap().steps, 7);
+
+    // Raising the limit lets the next call through; an override of the turn does too.
+    store.set_budget_limit("default", &daily.id, 8.0, "ops").await.unwrap().unwrap();
+    let (id, turn) = &sessions[0];
+    store.append(client(id, vec![model_requested(turn, 9)])).await.unwrap();
+    assert!(matches!(store.append(client(id, vec![model_requested(turn, 10)])).await, Err(StoreError::BudgetExceeded(_))));
+    let overridden =
+        EventData::BudgetOverridden { turn_id: turn.clone(), budget_id: Some(daily.id.clone()), by: "ops".into(), comment: None };
+    store.append(client(id, vec![overridden.into()])).await.unwrap();
+    store.append(client(id, vec![model_requested(turn, 10)])).await.unwrap();
+    let total: u64 = total_steps(&store, &sessions).await;
+    assert_eq!(total, 9, "7 allowed, 1 after the raise, 1 overridden");
+}
+
+#[tokio::test]
+async fn token_budgets_refuse_once_reached_and_count_gateway_calls() {
+    use agentrt_types::{BudgetMetric, BudgetPeriod, BudgetScope, Usage};
+    let (_d, store) = open();
+    let id = session(&store).await;
+    let per_session = budget(BudgetScope::Session, Some(id.as_str()), BudgetMetric::Tokens, BudgetPeriod::Session, 100.0);
+    store.create_budget(&per_session).await.unwrap();
+    let turn = TurnId::generate();
+    store.append(client(&id, vec![submit(&turn, None), model_requested(&turn, 1)])).await.unwrap();
+    let gateway = EventData::GatewayCalled {
+        route: "r".into(),
+        provider: "openai".into(),
+        model: "m".into(),
+        usage: Usage { input_tokens: 60, output_tokens: 40, cached_tokens: 0 },
+        cost_usd: 0.5,
+        latency_us: 1,
+        estimated: false,
+    };
+    assert_eq!(store.gateway_breach("default", Some(&id)).await.unwrap(), None);
+    store.append(client(&id, vec![gateway.into()])).await.unwrap();
+    let breach = store.gateway_breach("default", Some(&id)).await.unwrap().expect("100 of 100 tokens spent");
+    assert_eq!((breach.spent, breach.over_by, breach.resets_ms), (100.0, 0.0, None));
+    let Err(StoreError::BudgetExceeded(b)) = store.append(client(&id, vec![model_requested(&turn, 2)])).await else {
+        panic!("the model call is refused")
+    };
+    assert_eq!(b.budget_id, per_session.id);
+    let rows = store
+        .usage_summary(&crate::UsageQuery { tenant: None, group_by: crate::UsageGroup::Session, from_ms: 0, to_ms: i64::MAX })
+        .await
+        .unwrap();
+    assert_eq!((rows[0].key.as_str(), rows[0].input_tokens, rows[0].cost_usd), (id.as_str(), 60, 0.5));
+    // Another session of the tenant is not bound by it.
+    let other = session(&store).await;
+    let t2 = TurnId::generate();
+    store.append(client(&other, vec![submit(&t2, None), model_requested(&t2, 1)])).await.unwrap();
+    assert_eq!(store.delete_budget("other-tenant", &per_session.id).await.unwrap(), None);
+    store.delete_budget("default", &per_session.id).await.unwrap().unwrap();
+    store.append(client(&id, vec![model_requested(&turn, 2)])).await.unwrap();
+}
+
+async fn total_steps(store: &SqliteStore, sessions: &[(SessionId, TurnId)]) -> u64 {
+    let mut total = 0;
+    for (id, _) in sessions {
+        total += store.get_session(id).await.unwrap().unwrap().spend.steps;
+    }
+    total
+}

@@ -8,8 +8,31 @@ use rusqlite::{params, Connection, Transaction};
 use super::schema::db;
 use crate::{StoreError, UsageGroup, UsageQuery, UsageRecord, UsageRow};
 
-/// Records the usage of a loop model call of `session`.
+/// Records the usage of a model call of `session`: by its agent loop, or
+/// through the gateway with its credential.
 pub fn apply(tx: &Transaction<'_>, session: &SessionSummary, event: &Event) -> Result<(), StoreError> {
+    if let EventData::GatewayCalled { route, provider, model, usage, cost_usd, latency_us, estimated } = &event.body.data {
+        return insert(
+            tx,
+            &UsageRecord {
+                ts_ms: event.body.ts,
+                tenant: session.tenant.clone(),
+                agent: session.agent.clone(),
+                session_id: Some(session.id.clone()),
+                turn_id: None,
+                source: "gateway".into(),
+                route: route.clone(),
+                provider: provider.clone(),
+                model: model.clone(),
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cached_tokens: usage.cached_tokens,
+                cost_usd: *cost_usd,
+                latency_us: *latency_us,
+                estimated: *estimated,
+            },
+        );
+    }
     let EventData::ModelCompleted { turn_id, usage, latency_us, billing: Some(b), .. } = &event.body.data else {
         return Ok(());
     };
@@ -35,7 +58,15 @@ pub fn apply(tx: &Transaction<'_>, session: &SessionSummary, event: &Event) -> R
     )
 }
 
-pub fn insert(tx: &Transaction<'_>, r: &UsageRecord) -> Result<(), StoreError> {
+/// Records a gateway call made outside any session (with an API key),
+/// counted toward its tenant's day and month budgets.
+pub fn record(tx: &Transaction<'_>, r: &UsageRecord) -> Result<(), StoreError> {
+    insert(tx, r)?;
+    let spend = agentrt_types::Spend { tokens: r.input_tokens + r.output_tokens, cost_usd: r.cost_usd, ..Default::default() };
+    super::budgets::add_daily(tx, &r.tenant, &r.agent, r.ts_ms, &spend)
+}
+
+fn insert(tx: &Transaction<'_>, r: &UsageRecord) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO model_usage (ts_ms, tenant, agent, session_id, turn_id, source, route, provider, model,
                                   input_tokens, output_tokens, cached_tokens, cost_usd, latency_us, estimated)

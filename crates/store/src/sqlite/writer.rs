@@ -8,7 +8,7 @@ use std::sync::mpsc;
 
 use agentrt_types::event::{EventBody, GENESIS_HASH};
 use agentrt_types::time::now_ms;
-use agentrt_types::{AgentSpec, Event, EventData, SessionStatus, SessionSummary, TurnSummary, EVENT_SCHEMA_VERSION};
+use agentrt_types::{AgentSpec, Event, EventData, NewEvent, SessionStatus, SessionSummary, Spend, TurnSummary, EVENT_SCHEMA_VERSION};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -337,6 +337,13 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
         super::approvals::check_pending(tx, id, approval)?;
     }
     let ts = now_ms();
+    let mut spend = Spend::default();
+    for e in &req.events {
+        spend.add(Spend::of(&e.data));
+    }
+    if spend.steps > 0 {
+        check_budgets(tx, &row.summary, &req.events, &spend, ts)?;
+    }
     let mut out = Vec::with_capacity(req.events.len());
     for new in req.events {
         let body = EventBody { v: EVENT_SCHEMA_VERSION, seq: row.summary.last_seq + 1, session_id: id.clone(), ts, data: new.data };
@@ -349,11 +356,40 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
         row.last_hash = event.hash.clone();
         out.push(event);
     }
+    super::budgets::add_daily(tx, &row.summary.tenant, &row.summary.agent, ts, &spend)?;
     tx.prepare_cached("UPDATE sessions SET status = ?2, summary = ?3, last_seq = ?4, last_hash = ?5 WHERE id = ?1")
         .map_err(db)?
         .execute(params![id.as_str(), row.summary.status.as_str(), to_json(&row.summary)?, row.summary.last_seq as i64, row.last_hash])
         .map_err(db)?;
     Ok(out)
+}
+
+/// Refuses an append that starts model or tool calls a budget does not
+/// allow; `spend` is what the append adds.
+fn check_budgets(tx: &Transaction<'_>, session: &SessionSummary, events: &[NewEvent], spend: &Spend, ts: i64) -> Result<(), StoreError> {
+    let turn = match events.iter().find_map(|e| e.data.turn_id()) {
+        Some(t) => read_turn(tx, &session.id, t)?,
+        None => None,
+    };
+    let who = super::budgets::Spender { tenant: &session.tenant, session: Some(session), turn: turn.as_ref() };
+    match super::budgets::breach(tx, &who, spend, ts)? {
+        Some(b) => Err(StoreError::BudgetExceeded(Box::new(b))),
+        None => Ok(()),
+    }
+}
+
+fn read_turn(
+    tx: &Transaction<'_>,
+    session: &agentrt_types::SessionId,
+    turn: &agentrt_types::TurnId,
+) -> Result<Option<TurnSummary>, StoreError> {
+    let text: Option<String> = tx
+        .prepare_cached("SELECT summary FROM turns WHERE session_id = ?1 AND turn_id = ?2")
+        .map_err(db)?
+        .query_row(params![session.as_str(), turn.as_str()], |r| r.get(0))
+        .optional()
+        .map_err(db)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("turn summary: {e}")))).transpose()
 }
 
 /// Keeps the turn fold in step with the log.
@@ -383,16 +419,9 @@ fn apply_to_turn(tx: &Transaction<'_>, event: &Event) -> Result<(), StoreError> 
         }
         return Ok(());
     }
-    let text: Option<String> = tx
-        .prepare_cached("SELECT summary FROM turns WHERE session_id = ?1 AND turn_id = ?2")
-        .map_err(db)?
-        .query_row(params![sid, turn_id.as_str()], |r| r.get(0))
-        .optional()
-        .map_err(db)?;
-    let Some(text) = text else {
+    let Some(mut turn) = read_turn(tx, &event.body.session_id, turn_id)? else {
         return Err(StoreError::PreconditionFailed(format!("turn {turn_id} was never submitted")));
     };
-    let mut turn: TurnSummary = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("turn summary: {e}")))?;
     turn.apply(event);
     tx.prepare_cached("UPDATE turns SET status = ?3, summary = ?4 WHERE session_id = ?1 AND turn_id = ?2")
         .map_err(db)?
