@@ -138,6 +138,9 @@ price = {{ input = 1.0, output = 2.0, cached-input = 0.5 }}
     assert!((row["cost_usd"].as_f64().unwrap() - 2.0 * 20.5e-6).abs() < 1e-12, "{row}");
     let by_route = server.get("/v1/usage?group_by=route").await;
     assert_eq!(by_route["usage"][0]["key"], "backup");
+    let journaled = server.events(&session).await.into_iter().filter(|e| e["type"] == "gateway.called").collect::<Vec<_>>();
+    assert_eq!(journaled.len(), 2, "each call is in the session's log");
+    assert_eq!((journaled[0]["route"].as_str(), journaled[0]["usage"]["output_tokens"].as_u64()), (Some("backup"), Some(5)));
     let (code, out, err) = cli(&["usage", "--group-by", "agent"], Some(&server.url));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("default/coder") && out.contains("0.000041"), "{out}");
@@ -170,6 +173,66 @@ price = {{ input = 1.0, output = 2.0, cached-input = 0.5 }}
     let revoked = sdk(&base, &token, "backup", "plain");
     assert_eq!(revoked["status"], 401, "a credential dies with its session: {revoked}");
     assert_eq!(up_calls.load(Ordering::SeqCst), 3, "refused calls never reach a provider");
+}
+
+/// Posts one chat completion to the gateway with `key`; returns (status, body).
+async fn chat(server: &Server, key: &str, model: &str) -> (u16, Value) {
+    let url = format!("{}/v1/gateway/openai/v1/chat/completions", server.url);
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = client_with(key).post(url).json(&body).send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn gateway_calls_over_a_budget_are_refused_with_429_until_it_is_raised() {
+    let (up, up_calls) = upstream(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentrt.toml");
+    let route = format!(
+        "[models.small]\nprovider = \"openai\"\nbase-url = \"{up}\"\nmodel = \"small-model\"\nprice = {{ input = 1.0, output = 2.0 }}\n"
+    );
+    std::fs::write(&config, route).unwrap();
+    let server = Server::start_with_env(&dir.path().join("data"), &[("AGENTRT_CONFIG", config.to_str().unwrap())]);
+    server.apply("coder", "[model]\nprovider = \"scripted\"\n").await;
+    let session = server.session("coder").await;
+    let (_, cred) = server.post(&format!("/v1/sessions/{session}/credentials"), json!({})).await;
+    let token = cred["token"].as_str().unwrap().to_owned();
+    let (s, budget) = server
+        .post("/v1/budgets", json!({"scope": "session", "target": session, "metric": "tokens", "period": "session", "limit": 17}))
+        .await;
+    assert_eq!(s, 201, "{budget}");
+
+    assert_eq!(chat(&server, &token, "small").await.0, 200);
+    // The call is recorded after its answer; wait until it counts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.get(&format!("/v1/sessions/{session}")).await["spend"]["tokens"] != 17 {
+        assert!(std::time::Instant::now() < deadline, "the call's 17 tokens were never counted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (s, refused) = chat(&server, &token, "small").await;
+    assert_eq!((s, refused["error"]["code"].as_str()), (429, Some("budget_exceeded")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains(budget["id"].as_str().unwrap()), "{refused}");
+    assert_eq!((refused["error"]["budget"]["spent"].as_f64(), refused["error"]["budget"]["limit"].as_f64()), (Some(17.0), Some(17.0)));
+
+    // The session's calls count toward its tenant's day too: a key of the
+    // tenant is refused by a tenant budget the session's call used up.
+    let (s, _) = server.post("/v1/budgets", json!({"scope": "tenant", "metric": "cost_usd", "period": "day", "limit": 0.00001})).await;
+    assert_eq!(s, 201);
+    let admin = key_for(&server.url).unwrap();
+    let (s, v) = chat(&server, &admin, "small").await;
+    assert_eq!((s, v["error"]["budget"]["scope"].as_str()), (429, Some("tenant")), "{v}");
+    assert_eq!(up_calls.load(Ordering::SeqCst), 1, "refused calls never reach a provider");
+
+    let (s, _) = server.call(Method::PATCH, &format!("/v1/budgets/{}", budget["id"].as_str().unwrap()), Some(json!({"limit": 1000}))).await;
+    assert_eq!(s, 200);
+    let (s, v) = chat(&server, &token, "small").await;
+    assert_eq!((s, v["error"]["budget"]["scope"].as_str()), (429, Some("tenant")), "the tenant's budget still binds: {v}");
+    let budgets = server.get("/v1/budgets").await;
+    let tenant_budget = budgets["budgets"].as_array().unwrap().iter().find(|b| b["scope"] == "tenant").unwrap().clone();
+    let (s, _) = server.call(Method::DELETE, &format!("/v1/budgets/{}", tenant_budget["id"].as_str().unwrap()), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(chat(&server, &token, "small").await.0, 200);
+    assert_eq!(up_calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

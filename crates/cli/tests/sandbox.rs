@@ -488,3 +488,38 @@ async fn sandboxes_work_without_root_with_fewer_guarantees() {
     assert_eq!(s, 422, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("standby needs cgroups"), "{v}");
 }
+
+#[tokio::test]
+async fn a_sandbox_cpu_budget_pauses_the_session_after_the_call_that_spent_it() {
+    // The first call burns CPU; the budget is checked before the second.
+    let script = r#"
+  { tool_calls = [{ name = "shell.exec", arguments = { command = "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done; echo burned" } }] },
+  { tool_calls = [{ name = "shell.exec", arguments = { command = "echo second" } }] },
+  { text = "{tool_results}" },
+"#;
+    let rig = rig_with_script("", script).await;
+    let server = rig.server();
+    let body = json!({"scope": "session", "target": rig.session, "metric": "sandbox_cpu_seconds", "period": "session", "limit": 0.05});
+    let (s, v) = server.post("/v1/budgets", body).await;
+    assert_eq!(s, 201, "{v}");
+    let turn = server.submit(&rig.session, "go").await;
+    eventually(60, "the session pauses on its CPU budget", async || {
+        server.get(&format!("/v1/sessions/{}", rig.session)).await["status"] == "waiting_budget"
+    })
+    .await;
+    let summary = server.get(&format!("/v1/sessions/{}", rig.session)).await;
+    let spent = summary["budget_exceeded"]["spent"].as_f64().unwrap();
+    assert!(spent >= 0.05, "the first call's CPU is counted: {summary}");
+    let events = server.events(&rig.session).await;
+    let first = events.iter().find(|e| e["type"] == "tool.completed").unwrap();
+    assert_eq!(first["output"]["stdout"], "burned\n", "{first}");
+    assert!(first["sandbox_cpu_us"].as_u64().unwrap() >= 50_000, "{first}");
+    assert_eq!(events.iter().filter(|e| e["type"] == "tool.completed").count(), 1, "the second call is held");
+
+    let (s, _) =
+        server.call(reqwest::Method::PATCH, &format!("/v1/budgets/{}", v["id"].as_str().unwrap()), Some(json!({"limit": 1000}))).await;
+    assert_eq!(s, 200);
+    let t = server.wait_turn(&rig.session, &turn).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert!(t["output"].as_str().unwrap().contains("second"), "{t}");
+}
