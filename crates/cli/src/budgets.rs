@@ -29,13 +29,13 @@ pub enum BudgetsCommand {
         /// turn, session, day or month.
         #[arg(long)]
         period: String,
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         limit: f64,
     },
     /// Change a budget's limit; turns it paused go on if it now allows them.
     Set {
         id: String,
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         limit: f64,
     },
     /// Remove a budget; turns it paused go on.
@@ -71,8 +71,12 @@ pub async fn budgets(ctx: &Ctx, cmd: BudgetsCommand) -> anyhow::Result<ExitCode>
         }
         BudgetsCommand::Delete { id } => c.send(c.request(Method::DELETE, &format!("/v1/budgets/{id}"))).await?,
         BudgetsCommand::Override { session, budget, comment } => {
-            let v = c.post(&format!("/v1/sessions/{session}/budget-override"), &json!({"budget_id": budget, "comment": comment})).await?;
-            print(ctx, &v, |v| output::line(&format!("session {} is {}", text(&v["id"]), text(&v["status"]))));
+            let body = json!({"budget_id": budget, "comment": comment});
+            let v = c.post(&format!("/v1/sessions/{session}/budget-override"), &body).await?;
+            let what = budget.as_deref().map_or_else(|| "every budget".to_owned(), |b| format!("budget {b}"));
+            print(ctx, &v, |v| {
+                output::line(&format!("turn {} of session {} may go past {what} until it ends", text(&v["running_turn"]), text(&v["id"])))
+            });
             return Ok(ExitCode::SUCCESS);
         }
     };

@@ -85,6 +85,7 @@ impl Engine {
             updated_by: by.display(),
         };
         self.inner.store.create_budget(&budget).await?;
+        self.inner.budget_tenants.clear();
         self.view(budget).await
     }
 
@@ -118,6 +119,7 @@ impl Engine {
     /// Deletes a budget; turns it paused go on.
     pub async fn delete_budget(&self, by: &Principal, id: &BudgetId) -> Result<Budget, EngineError> {
         let budget = self.inner.store.delete_budget(by.tenant(), id).await?.ok_or_else(|| not_found(id))?;
+        self.inner.budget_tenants.clear();
         self.wake_paused(by.tenant()).await?;
         Ok(budget)
     }
@@ -156,6 +158,18 @@ impl Engine {
 
     /// The budget that refuses a gateway call by `caller` now, if any.
     pub async fn gateway_breach(&self, caller: &Principal) -> Result<Option<BudgetBreach>, EngineError> {
+        let tenant = caller.tenant();
+        let has_budgets = match self.inner.budget_tenants.get(tenant) {
+            Some(known) => known,
+            None => {
+                let has = !self.inner.store.list_budgets(tenant).await?.is_empty();
+                self.inner.budget_tenants.insert(tenant, has);
+                has
+            }
+        };
+        if !has_budgets {
+            return Ok(None);
+        }
         let session = match caller {
             Principal::Session { session_id, .. } => Some(session_id),
             _ => None,

@@ -95,7 +95,9 @@ impl Engine {
 
     /// Revokes a tenant's key; it stops working at once.
     pub async fn revoke_api_key(&self, tenant: &str, id: &KeyId) -> Result<ApiKey, EngineError> {
-        self.inner.store.revoke_api_key(tenant, id).await?.ok_or_else(|| EngineError::NotFound(format!("API key {id} not found")))
+        let revoked = self.inner.store.revoke_api_key(tenant, id).await?;
+        self.inner.key_cache.clear();
+        revoked.ok_or_else(|| EngineError::NotFound(format!("API key {id} not found")))
     }
 
     /// On a store with no usable key, creates an admin key of the default
@@ -110,9 +112,17 @@ impl Engine {
     /// Who presents this bearer token: an API key, or a session credential.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, EngineError> {
         if token.starts_with(KEY_PREFIX) {
-            let key = self.inner.store.api_key_by_hash(&hash_secret(token)).await?;
+            let hash = hash_secret(token);
+            if let Some(known) = self.inner.key_cache.get(&hash) {
+                return Ok(known);
+            }
+            let key = self.inner.store.api_key_by_hash(&hash).await?;
             return match key {
-                Some(k) if k.revoked_ms.is_none() => Ok(Principal::Key { tenant: k.tenant, key_id: k.id, name: k.name, role: k.role }),
+                Some(k) if k.revoked_ms.is_none() => {
+                    let principal = Principal::Key { tenant: k.tenant, key_id: k.id, name: k.name, role: k.role };
+                    self.inner.key_cache.insert(&hash, principal.clone());
+                    Ok(principal)
+                }
                 Some(_) => Err(EngineError::Unauthorized("this API key has been revoked".into())),
                 None => Err(EngineError::Unauthorized("unknown API key".into())),
             };

@@ -8,6 +8,7 @@
 
 mod agents;
 pub mod budgets;
+mod cache;
 mod credentials;
 mod error;
 mod executor;
@@ -28,7 +29,7 @@ use agentrt_store::{AgentInfo, AgentVersion, AppendRequest, Fence, NewSession, P
 use agentrt_tools::ToolSet;
 use agentrt_types::event::{verify_chain_to, ChainError};
 use agentrt_types::spec::{is_agent_name, FieldError, SpecError, SpecFormat};
-use agentrt_types::{AgentSpec, Event, EventData, NewEvent, SessionId, SessionStatus, SessionSummary, TurnId, TurnSummary};
+use agentrt_types::{AgentSpec, Event, EventData, NewEvent, Principal, SessionId, SessionStatus, SessionSummary, TurnId, TurnSummary};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -42,6 +43,12 @@ pub use history::UNKNOWN_OUTCOME;
 use crate::agents::AgentCache;
 use crate::executor::Executors;
 use crate::hub::EventHub;
+
+/// How long an authenticated API key is trusted without reading the store.
+/// A key revoked on this node stops working at once.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long the gateway trusts that a tenant has (or has no) budgets.
+const BUDGET_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Engine settings.
 #[derive(Clone, Debug)]
@@ -126,6 +133,10 @@ pub(crate) struct Inner {
     pub sandbox_driver: Option<Arc<dyn agentrt_sandbox::SandboxDriver>>,
     /// Per-tenant tool-call rate limits.
     pub tenant_buckets: agentrt_tools::rate::RateLimiter,
+    /// API keys recently authenticated, by the hash of their secret.
+    pub key_cache: cache::TtlCache<Principal>,
+    /// Whether each tenant has budgets, for the gateway's check.
+    pub budget_tenants: cache::TtlCache<bool>,
     /// Tenants' compiled policies.
     pub policies: governance::PolicyCache,
     /// Key that signs session credentials (loaded from the store once).
@@ -169,6 +180,8 @@ impl Engine {
                 sandbox_driver,
                 policies: governance::PolicyCache::default(),
                 tenant_buckets: Default::default(),
+                key_cache: cache::TtlCache::new(KEY_CACHE_TTL, 10_000),
+                budget_tenants: cache::TtlCache::new(BUDGET_CACHE_TTL, 10_000),
                 signing_key: tokio::sync::OnceCell::new(),
             }),
         })

@@ -50,8 +50,6 @@ const ANSWER: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","creat
 /// # Panics
 /// If the local upstream cannot be started or a call fails: the numbers would mean nothing.
 pub async fn overhead(concurrency: usize, calls: usize) -> OverheadResult {
-    let concurrency = concurrency.max(1);
-    let calls = calls.max(concurrency);
     let upstream = Upstream::start().await;
 
     let route: RouteSpec = serde_json::from_value(json!({
@@ -64,28 +62,7 @@ pub async fn overhead(concurrency: usize, calls: usize) -> OverheadResult {
     .expect("the bench route is a valid spec");
     let gateway =
         Arc::new(Gateway::new(BTreeMap::from([("bench".to_owned(), route)]), client()).expect("the bench route is a valid route"));
-    let request = Bytes::from(
-        serde_json::to_vec(&json!({
-            "model": "bench",
-            "messages": [
-                {"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "Hello there, how are you?"}
-            ],
-            "temperature": 0.2
-        }))
-        .expect("JSON serializes"),
-    );
-
-    let direct_call = {
-        let (http, url, request) = (client(), format!("{}/chat/completions", upstream.base_url), request.clone());
-        move || {
-            let call = http.post(&url).header(CONTENT_TYPE, "application/json").body(request.clone()).send();
-            async move {
-                let answer = call.await.and_then(reqwest::Response::error_for_status).expect("direct call");
-                answer.bytes().await.expect("direct answer");
-            }
-        }
-    };
+    let request = request_bytes();
     let gateway_call = move || {
         let (gateway, request) = (gateway.clone(), request.clone());
         async move {
@@ -98,13 +75,52 @@ pub async fn overhead(concurrency: usize, calls: usize) -> OverheadResult {
             }
         }
     };
+    let result = compare(concurrency, calls, &upstream, gateway_call).await;
+    upstream.stop().await;
+    result
+}
 
+/// The request every bench call sends, for the route named `bench`.
+pub fn request_bytes() -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&json!({
+            "model": "bench",
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Hello there, how are you?"}
+            ],
+            "temperature": 0.2
+        }))
+        .expect("JSON serializes"),
+    )
+}
+
+/// Measures `calls` calls each way, made by `concurrency` concurrent
+/// callers, after a warm-up: [`request_bytes`] posted straight to the
+/// upstream, against `through`, which makes the same call another way.
+pub async fn compare<F, Fut>(concurrency: usize, calls: usize, upstream: &Upstream, through: F) -> OverheadResult
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let concurrency = concurrency.max(1);
+    let calls = calls.max(concurrency);
+    let request = request_bytes();
+    let direct_call = {
+        let (http, url, request) = (client(), format!("{}/chat/completions", upstream.base_url), request.clone());
+        move || {
+            let call = http.post(&url).header(CONTENT_TYPE, "application/json").body(request.clone()).send();
+            async move {
+                let answer = call.await.and_then(reqwest::Response::error_for_status).expect("direct call");
+                answer.bytes().await.expect("direct answer");
+            }
+        }
+    };
     let warm_up = calls.min(200).max(concurrency);
     measure(concurrency, warm_up, direct_call.clone()).await;
-    measure(concurrency, warm_up, gateway_call.clone()).await;
+    measure(concurrency, warm_up, through.clone()).await;
     let direct = measure(concurrency, calls, direct_call).await;
-    let gateway = measure(concurrency, calls, gateway_call).await;
-    upstream.stop().await;
+    let gateway = measure(concurrency, calls, through).await;
 
     OverheadResult {
         concurrency,
@@ -162,14 +178,15 @@ fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// A Chat Completions server on localhost that answers every call at once with [`ANSWER`].
-struct Upstream {
-    base_url: String,
+pub struct Upstream {
+    /// Its OpenAI base URL (`http://127.0.0.1:PORT/v1`).
+    pub base_url: String,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Upstream {
-    async fn start() -> Upstream {
+    pub async fn start() -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the bench upstream on localhost");
         let addr = listener.local_addr().expect("a bound listener has an address");
         let app = Router::new().route(
@@ -189,7 +206,7 @@ impl Upstream {
         Upstream { base_url: format!("http://{addr}/v1"), stop, task }
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
