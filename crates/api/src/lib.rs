@@ -72,10 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies/schema", get(gov::policy_schema))
         .route("/v1/policies/versions/{version}", get(gov::get_policy_version))
         .route("/v1/usage", get(gov::usage))
-        .route(
-            "/v1/gateway/openai/v1/chat/completions",
-            post(gateway::chat_completions).layer(DefaultBodyLimit::max(gateway::MAX_REQUEST_BYTES)),
-        )
+        .route(GATEWAY_PATH, post(gateway::chat_completions).layer(DefaultBodyLimit::max(gateway::MAX_REQUEST_BYTES)))
         .route("/v1/budgets", get(budgets::list).post(budgets::create))
         .route("/v1/budgets/{id}", get(budgets::get).patch(budgets::patch).delete(budgets::delete))
         .route("/v1/sessions/{id}/budget-override", post(budgets::override_session))
@@ -96,6 +93,26 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .with_state(state)
+}
+
+/// Where the model gateway's Chat Completions endpoint is.
+const GATEWAY_PATH: &str = "/v1/gateway/openai/v1/chat/completions";
+
+/// The model gateway as code in a session's sandbox sees it, served on
+/// the sandbox's own socket: every call is the session's (the socket
+/// identifies it), at `/v1/chat/completions` under the base URL the sandbox
+/// is given, and at the usual path.
+pub fn sandbox_gateway(state: AppState, session: agentrt_types::Principal) -> Router {
+    let handler = || post(gateway::chat_completions).layer(DefaultBodyLimit::max(gateway::MAX_REQUEST_BYTES));
+    Router::new()
+        .route("/v1/chat/completions", handler())
+        .route(GATEWAY_PATH, handler())
+        .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn(move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+            req.extensions_mut().insert(session.clone());
+            next.run(req)
+        }))
         .with_state(state)
 }
 

@@ -159,6 +159,9 @@ async fn openapi_document_covers_every_route() {
         "/v1/approvals/{id}",
         "/v1/usage",
         "/v1/gateway/openai/v1/chat/completions",
+        "/v1/budgets",
+        "/v1/budgets/{id}",
+        "/v1/sessions/{id}/budget-override",
     ] {
         assert!(paths.contains_key(route), "openapi.json lacks {route}");
     }

@@ -48,8 +48,12 @@ pub async fn measure(agent: &Path, tmp: &Path, rounds: usize, standby: usize) ->
         bail!("the sandbox benchmark needs root");
     }
     let dir = tempfile::tempdir_in(tmp).context("temp dir")?;
-    let driver =
-        Arc::new(LinuxDriver::new(LinuxConfig { dir: dir.path().to_owned(), agent: vec![agent.display().to_string()], uid_base: 300_000 }));
+    let driver = Arc::new(LinuxDriver::new(LinuxConfig {
+        dir: dir.path().to_owned(),
+        agent: vec![agent.display().to_string()],
+        uid_base: 300_000,
+        gateway: None,
+    }));
     let session = "ses_bench";
     // The first create makes the workspace image; cold starts reuse it, as a
     // session's later sandboxes do.

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use agentrt_api::{router, AppState};
 use agentrt_engine::{Engine, EngineConfig};
+use agentrt_sandbox::bridge::GatewayBridge;
 use agentrt_store::sqlite::SqliteStore;
+use agentrt_types::{Principal, SessionId};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +50,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if !config.node_id.is_empty() {
         engine_config.node_id = config.node_id.clone();
     }
-    let engine = Engine::with_sandboxes(store, engine_config, sandbox_driver(&config))?;
+    // Sandboxes reach the gateway through a bridge that needs the API's
+    // state, which needs the engine: the bridge waits for it.
+    let (bridge_state, bridge_rx) = tokio::sync::watch::channel(None);
+    let bridge = gateway.is_some().then(|| GatewayBridge { port: SANDBOX_GATEWAY_PORT, serve: serve_bridge(bridge_rx) });
+    let engine = Engine::with_sandboxes(store, engine_config, sandbox_driver(&config, bridge))?;
     let resumed = engine.start().await.context("resume unfinished turns")?;
     if config.dev_mode {
         tracing::warn!("dev mode: authentication is OFF; every request acts as an admin of the default tenant");
@@ -60,13 +66,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
     let addr = listener.local_addr().context("read bound address")?;
     let shutdown = CancellationToken::new();
-    let app = router(AppState {
+    let state = AppState {
         engine: engine.clone(),
         shutdown: shutdown.clone(),
         heartbeat: Duration::from_secs(config.sse_heartbeat_seconds),
         dev_mode: config.dev_mode,
         gateway,
-    });
+    };
+    bridge_state.send_replace(Some(state.clone()));
+    let app = router(state);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), node = engine.node_id(), resumed, "agentrt serving");
     output::line(&format!("agentrt listening on http://{addr}"));
 
@@ -105,8 +113,35 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The loopback port at which code in a sandbox finds the model gateway.
+const SANDBOX_GATEWAY_PORT: u16 = 7700;
+
+/// Serves the model gateway on one sandbox's socket, as its session, once
+/// the API's state exists.
+fn serve_bridge(state: tokio::sync::watch::Receiver<Option<AppState>>) -> agentrt_sandbox::bridge::ServeGateway {
+    Arc::new(move |session: String, listener: std::os::unix::net::UnixListener| {
+        let mut state = state.clone();
+        tokio::spawn(async move {
+            let ready = state.wait_for(Option::is_some).await.map(|s| s.clone());
+            let Ok(Some(state)) = ready else { return };
+            let Some(id) = SessionId::parse(&session) else { return };
+            let summary = match state.engine.get_session(&id).await {
+                Ok(s) => s,
+                Err(e) => return tracing::warn!(session, error = %e, "no gateway for the sandbox"),
+            };
+            let principal = Principal::Session { tenant: summary.tenant, agent: summary.agent, session_id: id };
+            let listener = match listener.set_nonblocking(true).and_then(|()| tokio::net::UnixListener::from_std(listener)) {
+                Ok(l) => l,
+                Err(e) => return tracing::warn!(session, error = %e, "no gateway for the sandbox"),
+            };
+            let _ = axum::serve(listener, agentrt_api::sandbox_gateway(state, principal)).await;
+        })
+        .abort_handle()
+    })
+}
+
 /// The configured sandbox driver, if sandboxes are on.
-fn sandbox_driver(config: &Config) -> Option<Arc<dyn agentrt_sandbox::SandboxDriver>> {
+fn sandbox_driver(config: &Config, gateway: Option<GatewayBridge>) -> Option<Arc<dyn agentrt_sandbox::SandboxDriver>> {
     if config.sandbox_driver == "none" {
         return None;
     }
@@ -121,7 +156,8 @@ fn sandbox_driver(config: &Config) -> Option<Arc<dyn agentrt_sandbox::SandboxDri
     } else {
         vec![config.sandbox_agent.clone()]
     };
-    let linux = agentrt_sandbox::linux::LinuxConfig { dir: config.data_dir.join("sandboxes"), agent, uid_base: config.sandbox_uid_base };
+    let linux =
+        agentrt_sandbox::linux::LinuxConfig { dir: config.data_dir.join("sandboxes"), agent, uid_base: config.sandbox_uid_base, gateway };
     Some(Arc::new(agentrt_sandbox::linux::LinuxDriver::new(linux)))
 }
 

@@ -523,3 +523,43 @@ async fn a_sandbox_cpu_budget_pauses_the_session_after_the_call_that_spent_it() 
     assert_eq!(t["status"], "completed", "{t}");
     assert!(t["output"].as_str().unwrap().contains("second"), "{t}");
 }
+
+/// Code in a sandbox calls the model gateway with the official `openai`
+/// SDK, unmodified: it finds the gateway in `OPENAI_BASE_URL` (a loopback
+/// port the sandbox forwards to its session's socket) and holds no
+/// credential; the call is the session's, in its log and its usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_in_a_sandbox_calls_the_gateway_as_its_session() {
+    assert!(nix_is_root(), "the sandbox tests need root (loop devices, cgroups, uid maps)");
+    let sdk = std::env::var("AGENTRT_TEST_SANDBOX_PY").expect("AGENTRT_TEST_SANDBOX_PY is not set: run the suite with ./scripts/test.sh");
+    let (up, up_calls) = upstream(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentrt.toml");
+    std::fs::write(&config, format!("[models.small]\nprovider = \"openai\"\nbase-url = \"{up}\"\nmodel = \"small-model\"\n")).unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with_env(&data, &[("AGENTRT_CONFIG", config.to_str().unwrap())]);
+    server.apply("box", &spec("", "{ text = \"ok\" }")).await;
+    let session = server.session("box").await;
+    let rig = Rig { dir, server: Some(server), session };
+    rig.sh_ok("true").await;
+    // The SDK (wheels for the sandbox's Python) goes into the workspace.
+    let workspace = data.join("sandboxes/workspaces").join(&rig.session).join("mnt");
+    let copied = std::process::Command::new("cp").arg("-r").arg(&sdk).arg(workspace.join("py")).status().unwrap();
+    assert!(copied.success());
+
+    let script = "import openai; r = openai.OpenAI().chat.completions.create(model='small', messages=[{'role': 'user', 'content': 'hi'}]); print(r.choices[0].message.content, r.usage.total_tokens)";
+    let out = rig.sh(&format!("PYTHONPATH=/workspace/py python3 -c \"{script}\"")).await;
+    assert_eq!(out["exit_code"], 0, "{out}");
+    assert_eq!(out["stdout"], "hello from small-model 17\n", "{out}");
+    assert_eq!(up_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let env = rig.sh_ok("echo $OPENAI_BASE_URL $OPENAI_API_KEY").await;
+    assert_eq!(env, "http://127.0.0.1:7700/v1 agentrt-sandbox\n", "no credential is in the sandbox");
+
+    let server = rig.server();
+    eventually(10, "the call is journaled as the session's", async || {
+        server.events(&rig.session).await.iter().any(|e| e["type"] == "gateway.called" && e["route"] == "small")
+    })
+    .await;
+    let summary = server.get(&format!("/v1/sessions/{}", rig.session)).await;
+    assert_eq!(summary["spend"]["tokens"], 17, "{summary}");
+}

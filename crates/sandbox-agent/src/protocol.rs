@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// Bumped whenever the protocol or the sandbox config changes
 /// incompatibly; `agentrt-sandbox-agent version` prints it, and the runtime
 /// will not use an agent program that speaks another.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;

@@ -6,6 +6,7 @@
 //! per-session lifecycle — lazy creation, standby, hibernation, replacement
 //! of a dead sandbox — in [`manager`].
 
+pub mod bridge;
 pub mod cgroup;
 pub mod client;
 pub mod linux;

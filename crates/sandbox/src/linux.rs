@@ -11,13 +11,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use agentrt_sandbox_agent::protocol::{Request, Response};
-use agentrt_sandbox_agent::setup::{Ready, SandboxConfig};
+use agentrt_sandbox_agent::setup::{BridgeConfig, Ready, SandboxConfig};
 use agentrt_types::sandbox::SandboxSpec;
 use async_trait::async_trait;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use crate::bridge::{GatewayBridge, Serving};
 use crate::cgroup::{Cgroup, CgroupVersion, Limits, Usage};
 use crate::client::AgentClient;
 use crate::workspace::Workspace;
@@ -32,6 +33,8 @@ pub struct LinuxConfig {
     pub agent: Vec<String>,
     /// Sandbox root of session N maps to host uid `uid_base + hash(session) % 65536`.
     pub uid_base: u32,
+    /// Forward a loopback port in every sandbox to the model gateway.
+    pub gateway: Option<GatewayBridge>,
 }
 
 /// The `linux` driver.
@@ -180,6 +183,20 @@ impl SandboxDriver for LinuxDriver {
             ("LANG".to_owned(), "C.UTF-8".to_owned()),
             ("TMPDIR".to_owned(), "/tmp".to_owned()),
         ];
+        let (gateway, serving) = match &self.config.gateway {
+            Some(bridge) => {
+                let path = run.join("g");
+                let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| setup("gateway socket", &e))?;
+                if nix::unistd::geteuid().is_root() {
+                    let (owner, group) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(uid));
+                    nix::unistd::chown(&path, Some(owner), Some(group)).map_err(|e| setup("chown gateway socket", &e))?;
+                }
+                env.extend(bridge.env());
+                let serving = Serving((bridge.serve)(session.to_owned(), listener));
+                (Some(BridgeConfig { socket: path, port: bridge.port }), Some(serving))
+            }
+            None => (None, None),
+        };
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let config = SandboxConfig {
             root: new_root,
@@ -194,6 +211,7 @@ impl SandboxDriver for LinuxDriver {
             hostname: "sandbox".into(),
             env,
             nofile: 4096,
+            gateway,
         };
         let sandbox = LinuxSandbox {
             id: id.clone(),
@@ -204,6 +222,7 @@ impl SandboxDriver for LinuxDriver {
             pid: 0,
             memory_mb: spec.memory_mb,
             workspace: workspace.clone(),
+            _gateway: serving,
         };
         let started = match send_config(self.supervisor()?, &config).await {
             Ok(child) => await_ready(child).await,
@@ -316,6 +335,8 @@ pub struct LinuxSandbox {
     pid: i32,
     memory_mb: u64,
     workspace: Workspace,
+    /// Serves the model gateway to this sandbox until it is dropped.
+    _gateway: Option<Serving>,
 }
 
 #[async_trait]

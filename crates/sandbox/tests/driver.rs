@@ -19,7 +19,7 @@ fn agent() -> Vec<String> {
 #[tokio::test]
 async fn a_snapshot_is_a_consistent_image_of_the_workspace() {
     let dir = tempfile::tempdir().unwrap();
-    let driver = LinuxDriver::new(LinuxConfig { dir: dir.path().to_owned(), agent: agent(), uid_base: 310_000 });
+    let driver = LinuxDriver::new(LinuxConfig { dir: dir.path().to_owned(), agent: agent(), uid_base: 310_000, gateway: None });
     let spec = SandboxSpec { disk_mb: 16, ..SandboxSpec::default() };
     let sb = driver.create("ses_snap", &spec).await.unwrap();
     let write =

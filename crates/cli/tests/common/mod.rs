@@ -17,6 +17,10 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+pub mod upstream;
+#[allow(unused_imports)]
+pub use upstream::upstream;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentrt");
 
 /// A running `agentrt serve`.

@@ -14,8 +14,11 @@
 
 #![allow(unsafe_code)]
 
+mod bridge;
 mod harden;
 mod mounts;
+
+pub use bridge::BridgeConfig;
 
 pub use mounts::ETC_ENTRIES;
 
@@ -62,6 +65,9 @@ pub struct SandboxConfig {
     pub env: Vec<(String, String)>,
     /// Open files per process.
     pub nofile: u64,
+    /// Forward a loopback port to the runtime's model gateway.
+    #[serde(default)]
+    pub gateway: Option<BridgeConfig>,
 }
 
 /// What the supervisor prints when the sandbox is up (or could not be).
@@ -234,8 +240,12 @@ fn init(config: &SandboxConfig, filters: &harden::Filters, mut up: File, mut dow
 fn prepare(config: &SandboxConfig, filters: &harden::Filters) -> Result<UnixListener, String> {
     mounts::build_root(config)?;
     let listener = UnixListener::bind(&config.socket).map_err(|e| format!("bind {}: {e}", config.socket.display()))?;
+    let bridge = config.gateway.as_ref().map(bridge::Bridge::open).transpose()?;
     mounts::enter_root(config)?;
     harden::apply(config, filters)?;
+    if let Some(bridge) = bridge {
+        bridge.start()?;
+    }
     Ok(listener)
 }
 
