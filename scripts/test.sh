@@ -31,15 +31,19 @@ fi
 target/test-venv/bin/pip install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
 export AGENTRT_TEST_PYTHON="$PWD/target/test-venv/bin/python"
 
-# The official openai SDK for the sandbox's Python (the host's /usr/bin/python3,
-# which sandboxes see): wheels for its version, copied into a sandbox's
-# workspace by the test that calls the gateway from inside one.
+# The official openai and MCP SDKs for the sandbox's Python (the host's
+# /usr/bin/python3, which sandboxes see): wheels for its version, copied into
+# a sandbox's workspace by the tests that run them inside one.
 SANDBOX_PY=$(/usr/bin/python3 -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
-if [ ! -f "target/sandbox-py/$SANDBOX_PY/openai/__init__.py" ]; then
+SANDBOX_PINS="$(grep -E '^(openai|mcp)==' tests/peers/requirements.txt | tr '\n' ' ')"
+if [ "$(cat "target/sandbox-py/$SANDBOX_PY/.pins" 2>/dev/null)" != "$SANDBOX_PINS" ]; then
+    rm -rf "target/sandbox-py/$SANDBOX_PY"
+    # shellcheck disable=SC2086
     target/test-venv/bin/pip install --quiet --disable-pip-version-check --target "target/sandbox-py/$SANDBOX_PY" \
         --python-version "$SANDBOX_PY" --only-binary=:all: --implementation cp \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
-        "$(grep '^openai==' tests/peers/requirements.txt)"
+        $SANDBOX_PINS
+    echo "$SANDBOX_PINS" > "target/sandbox-py/$SANDBOX_PY/.pins"
 fi
 export AGENTRT_TEST_SANDBOX_PY="$PWD/target/sandbox-py/$SANDBOX_PY"
 

@@ -57,7 +57,7 @@ async fn run(url: &str, tmp: &Path, calls: usize) -> anyhow::Result<Overhead> {
         SpecFormat::Toml,
     )?;
     let tools = ToolSet::for_agent(&spec, false)?;
-    if let Some((_, e)) = tools.discover().await.into_iter().next() {
+    if let Some((_, e)) = tools.discover(None).await.into_iter().next() {
         return Err(anyhow!("discover: {e}"));
     }
     let router = ToolRouter::new(spec.tools.router.clone());

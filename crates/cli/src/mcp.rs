@@ -41,14 +41,14 @@ fn server(url: &str) -> McpServer {
         tools: None,
         timeout_seconds: 30,
     };
-    McpServer::new(spec, false)
+    McpServer::new(spec, false, false)
 }
 
 pub async fn mcp(ctx: &Ctx, cmd: McpCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         McpCommand::Tools { url } => {
             let s = server(&url);
-            s.discover().await.map_err(|e| anyhow!("{e}"))?;
+            s.discover(None).await.map_err(|e| anyhow!("{e}"))?;
             let tools: Vec<Value> = s
                 .tools()
                 .iter()
@@ -76,12 +76,12 @@ pub async fn mcp(ctx: &Ctx, cmd: McpCommand) -> anyhow::Result<ExitCode> {
             // Discover first, as a turn does: a wrong name fails with the list
             // of what the server offers instead of a bare protocol error.
             let s = server(&url);
-            s.discover().await.map_err(|e| anyhow!("{e}"))?;
+            s.discover(None).await.map_err(|e| anyhow!("{e}"))?;
             if !s.tools().iter().any(|t| t.remote_name == tool) {
                 let offered: Vec<String> = s.tools().into_iter().map(|t| t.remote_name).collect();
                 bail!("the server offers no tool named {tool:?}; it offers: {}", offered.join(", "));
             }
-            let result = s.call(&tool, args).await.map_err(|e| anyhow!("{e}"))?;
+            let result = s.call(None, &tool, args).await.map_err(|e| anyhow!("{e}"))?;
             output::json(&result);
         }
     }

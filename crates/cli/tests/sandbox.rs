@@ -563,3 +563,52 @@ async fn the_openai_sdk_in_a_sandbox_calls_the_gateway_as_its_session() {
     let summary = server.get(&format!("/v1/sessions/{}", rig.session)).await;
     assert_eq!(summary["spend"]["tokens"], 17, "{summary}");
 }
+
+/// A stdio MCP server of an agent with a `[sandbox]` (built with the
+/// official Python SDK) runs inside the session's sandbox, started through
+/// the sandbox's agent, and keeps answering after the sandbox was frozen.
+#[tokio::test]
+async fn a_stdio_mcp_server_runs_inside_the_sessions_sandbox() {
+    let sdk = std::env::var("AGENTRT_TEST_SANDBOX_PY").expect("AGENTRT_TEST_SANDBOX_PY is not set: run the suite with ./scripts/test.sh");
+    let mcp = r#"
+[[tools.mcp]]
+name = "m"
+command = "python3"
+args = ["/workspace/mcp_server.py", "--transport", "stdio"]
+env = { PYTHONPATH = "/workspace/py" }
+tools = ["add"]
+"#;
+    let script = "{ tool_calls = [{ name = \"m.add\", arguments = { a = 2, b = 3 } }] }, { text = \"{tool_results}\" }";
+    let rig = rig("").await;
+    // No host processes allowed (the default): the server may only run in the sandbox.
+    rig.server().apply("box", &format!("{}{mcp}", spec("", script))).await;
+    let session = rig.server().session("box").await;
+    let (s, out) = rig.server().post(&format!("/v1/sessions/{session}/sandbox/exec"), json!({"command": "true"})).await;
+    assert_eq!(s, 200, "{out}");
+    let workspace = rig.dir.path().join("sandboxes/workspaces").join(&session).join("mnt");
+    let copy = |from: &Path, to: &str| {
+        let ok = std::process::Command::new("cp").arg("-r").arg(from).arg(workspace.join(to)).status().unwrap().success();
+        assert!(ok, "copy {} into the workspace", from.display());
+    };
+    copy(Path::new(&sdk), "py");
+    copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/mcp_server.py"), "mcp_server.py");
+
+    for round in 0..2 {
+        let turn = rig.server().submit(&session, "go").await;
+        let t = rig.server().wait_turn(&session, &turn).await;
+        assert_eq!(t["status"], "completed", "round {round}: {t}");
+        assert!(t["output"].as_str().unwrap().contains("{\"sum\":5}"), "round {round}: {t}");
+        // The server is a process of the sandbox, in its pid namespace.
+        let (_, ps) = rig
+            .server()
+            .post(
+                &format!("/v1/sessions/{session}/sandbox/exec"),
+                json!({"command": "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done"}),
+            )
+            .await;
+        assert!(ps["stdout"].as_str().unwrap().contains("python3 /workspace/mcp_server.py --transport stdio"), "{ps}");
+        // Frozen between turns: the next call thaws it.
+        let (s, v) = rig.server().post(&format!("/v1/sessions/{session}/sandbox/standby"), json!({})).await;
+        assert_eq!((s, v["state"].as_str()), (200, Some("standby")), "{v}");
+    }
+}

@@ -262,7 +262,9 @@ impl Engine {
         let spec = AgentSpec::parse(text, format)?;
         ToolSet::for_agent(&spec, self.inner.config.mcp_stdio_on_host)
             .map_err(|e| SpecError { errors: vec![FieldError { path: e.path, message: e.message }] })?;
-        if !self.inner.config.mcp_stdio_on_host {
+        // Stdio servers run in the session's sandbox; without one, on the
+        // host if the operator allows it.
+        if spec.sandbox.is_none() && !self.inner.config.mcp_stdio_on_host {
             let errors: Vec<FieldError> = spec
                 .tools
                 .mcp
@@ -271,7 +273,7 @@ impl Engine {
                 .filter(|(_, s)| s.command.is_some())
                 .map(|(i, _)| FieldError {
                     path: format!("tools.mcp[{i}].command"),
-                    message: "stdio MCP servers need mcp-stdio-on-host = true in the server config (they run as host processes until sandboxes exist); or use a url".into(),
+                    message: "a stdio MCP server runs in the session's sandbox: give the agent a [sandbox]; or set mcp-stdio-on-host = true in the server config to run it as a host process; or use a url".into(),
                 })
                 .collect();
             if !errors.is_empty() {

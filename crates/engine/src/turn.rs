@@ -374,7 +374,8 @@ impl TurnRun {
             Ok(p) => p.clone(),
             Err(msg) => return Ok(ModelOutcome::Failed(ModelError::Config(msg.clone()))),
         };
-        for (server, e) in agent.tools.discover().await {
+        let sandbox = self.inner.sandbox_for(&self.session, agent.version.spec.sandbox.as_ref());
+        for (server, e) in agent.tools.discover(sandbox.as_ref()).await {
             tracing::warn!(server, error = %e, "MCP server unavailable; its tools are not offered this step");
         }
         let m = &agent.version.spec.model;

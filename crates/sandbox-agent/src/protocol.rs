@@ -47,6 +47,11 @@ pub enum Request {
     ProcessSignal { id: u64, signal: i32 },
     /// Answered with [`Response::Processes`].
     ProcessList,
+    /// Starts a process coupled to the connection: answered with
+    /// [`Response::Started`], after which the connection is the process's
+    /// stdin (client to agent) and stdout (agent to client), raw bytes, and
+    /// closing it kills the process. For stdio servers (MCP).
+    Pipe(ProcessSpec),
     /// Reads a file; answered with [`Response::File`].
     FileRead {
         path: String,

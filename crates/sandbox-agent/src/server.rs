@@ -7,6 +7,7 @@
 
 mod exec;
 mod files;
+mod pipe;
 mod processes;
 mod reaper;
 mod spawn;
@@ -86,6 +87,7 @@ fn handle(agent: &Agent, mut conn: UnixStream) {
     let config = &agent.config;
     let answer = match request {
         Request::Exec(request) => exec::run(config, request, &mut conn),
+        Request::Pipe(spec) => return pipe::run(config, &spec, conn),
         other => Some(respond(agent, other).unwrap_or_else(Response::from)),
     };
     if let Some(answer) = answer {
@@ -101,7 +103,7 @@ fn respond(agent: &Agent, request: Request) -> Result<Response, Failure> {
     let path = |p: &str| resolve(&config.workspace, p);
     match request {
         Request::Ping => Ok(Response::Pong { pid: std::process::id() }),
-        Request::Exec(_) => Err(Failure::new("invalid", "exec is answered by its own handler")),
+        Request::Exec(_) | Request::Pipe(_) => Err(Failure::new("invalid", "exec and pipe are answered by their own handlers")),
         Request::ProcessStart(spec) => agent.processes.start(config, &spec),
         Request::ProcessStatus { id } => agent.processes.status(id),
         Request::ProcessOutput { id, stdout_offset, stderr_offset } => agent.processes.output(id, stdout_offset, stderr_offset),

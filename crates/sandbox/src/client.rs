@@ -62,6 +62,20 @@ impl AgentClient {
     }
 }
 
+impl AgentClient {
+    /// Starts a process coupled to a connection ([`Request::Pipe`]): once
+    /// started, the returned stream is its stdin and stdout; dropping it
+    /// kills the process.
+    pub async fn pipe(&self, spec: &agentrt_sandbox_agent::protocol::ProcessSpec) -> Result<UnixStream, SandboxError> {
+        let mut stream = self.send(&Request::Pipe(spec.clone())).await?;
+        match read(&mut stream).await? {
+            Response::Started { .. } => Ok(stream),
+            Response::Error { kind, message } => Err(SandboxError::Internal(format!("{kind}: {message}"))),
+            other => Err(SandboxError::Internal(format!("unexpected answer to pipe: {other:?}"))),
+        }
+    }
+}
+
 async fn read(stream: &mut UnixStream) -> Result<Response, SandboxError> {
     let gone = |e: std::io::Error| SandboxError::Gone(format!("the sandbox agent stopped answering: {e}"));
     let mut prefix = [0u8; 4];

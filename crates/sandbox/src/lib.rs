@@ -63,6 +63,9 @@ pub trait Sandbox: Send + Sync {
     async fn call(&self, request: &Request) -> Result<Response, SandboxError>;
     /// One request, every answer as it comes (for streamed exec).
     async fn stream(&self, request: &Request) -> Result<mpsc::Receiver<Result<Response, SandboxError>>, SandboxError>;
+    /// A process whose stdin and stdout are the returned stream (a stdio
+    /// server); dropping the stream kills it.
+    async fn pipe(&self, spec: &agentrt_sandbox_agent::protocol::ProcessSpec) -> Result<tokio::net::UnixStream, SandboxError>;
     /// Freezes every process (standby).
     async fn pause(&self) -> Result<(), SandboxError>;
     /// Thaws them.

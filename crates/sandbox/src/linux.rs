@@ -353,6 +353,10 @@ impl Sandbox for LinuxSandbox {
         self.client.stream(request).await
     }
 
+    async fn pipe(&self, spec: &agentrt_sandbox_agent::protocol::ProcessSpec) -> Result<tokio::net::UnixStream, SandboxError> {
+        self.client.pipe(spec).await
+    }
+
     async fn pause(&self) -> Result<(), SandboxError> {
         self.freeze(true).await
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentrt_sandbox_agent::protocol::{Request, Response};
+use agentrt_sandbox_agent::protocol::{ProcessSpec, Request, Response};
 use agentrt_types::event::SandboxTransition;
 use agentrt_types::sandbox::SandboxSpec;
 use agentrt_types::EventData;
@@ -144,8 +144,9 @@ pub struct SessionSandbox {
     cpu_taken: Mutex<(String, u64)>,
 }
 
-/// Marks a call in flight for its duration.
-struct Busy<'a>(&'a SessionSandbox);
+/// Marks a call in flight for its duration: the sandbox is not frozen
+/// while one is.
+pub struct Busy<'a>(&'a SessionSandbox);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
@@ -163,7 +164,8 @@ impl SessionSandbox {
         self.busy.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn busy(&self) -> Busy<'_> {
+    /// Marks a call in flight until the guard is dropped.
+    pub fn busy(&self) -> Busy<'_> {
         self.busy.fetch_add(1, Ordering::SeqCst);
         self.touch();
         Busy(self)
@@ -215,6 +217,20 @@ impl SessionSandbox {
         let before = sb.usage();
         let response = sb.call(request).await?;
         Ok((response, sb.explain_kill(&before)))
+    }
+
+    /// A process in the sandbox whose stdin and stdout are the returned
+    /// stream, and the id of the sandbox instance it runs in (a replaced
+    /// sandbox has a new id, and the process died with the old one).
+    pub async fn pipe(&self, spec: &ProcessSpec) -> Result<(tokio::net::UnixStream, String), SandboxError> {
+        let _busy = self.busy();
+        let sb = self.ready().await?;
+        Ok((sb.pipe(spec).await?, sb.id().to_owned()))
+    }
+
+    /// The session this sandbox belongs to.
+    pub fn session(&self) -> &str {
+        &self.session
     }
 
     /// One request with every answer streamed (exec output as it comes).

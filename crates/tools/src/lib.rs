@@ -144,16 +144,18 @@ impl ToolSet {
                 jsonschema::validator_for(&tool.def().input_schema).map_err(|e| SchemaError { path, message: e.to_string() })?;
             map.insert(tool.def().name.clone(), Entry { tool, validator });
         }
-        let mcp = spec.tools.mcp.iter().map(|s| Arc::new(mcp::McpServer::new(s.clone(), allow_host_stdio))).collect();
+        let in_sandbox = spec.sandbox.is_some();
+        let mcp = spec.tools.mcp.iter().map(|s| Arc::new(mcp::McpServer::new(s.clone(), allow_host_stdio, in_sandbox))).collect();
         Ok(ToolSet { tools: map, mcp })
     }
 
     /// Lists the tools of MCP servers not yet listed or that announced a
-    /// change. A server that cannot be reached is reported and skipped.
-    pub async fn discover(&self) -> Vec<(String, ToolError)> {
+    /// change; servers in sandboxes in `sandbox`, the session's. A server
+    /// that cannot be reached is reported and skipped.
+    pub async fn discover(&self, sandbox: Option<&Arc<agentrt_sandbox::manager::SessionSandbox>>) -> Vec<(String, ToolError)> {
         let mut failed = Vec::new();
         for server in &self.mcp {
-            if let Err(e) = server.discover().await {
+            if let Err(e) = server.discover(sandbox).await {
                 failed.push((server.spec.name.clone(), e));
             }
         }
@@ -219,13 +221,13 @@ impl ToolSet {
             if self.mcp_tool(name).is_none() {
                 if let Some(server) = name.split_once('.').and_then(|(s, _)| self.mcp.iter().find(|m| m.spec.name == s)) {
                     server.mark_changed();
-                    server.discover().await?;
+                    server.discover(ctx.sandbox.as_ref()).await?;
                 }
             }
             // MCP servers validate their own input schemas.
             let (server, (remote_name, _)) = self.mcp_tool(name).ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
             let limit = server.timeout();
-            return match tokio::time::timeout(limit, server.call(&remote_name, args)).await {
+            return match tokio::time::timeout(limit, server.call(ctx.sandbox.as_ref(), &remote_name, args)).await {
                 Ok(r) => r,
                 Err(_) => Err(ToolError::Timeout(limit)),
             };

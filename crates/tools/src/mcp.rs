@@ -4,11 +4,20 @@
 //! with their input schemas, and re-listed after the server sends
 //! `notifications/tools/list_changed`. A connection that breaks is dropped
 //! and made again on the next call.
+//!
+//! A stdio server of an agent with a `[sandbox]` runs inside each session's
+//! sandbox, one process per session, spoken to through a pipe the sandbox's
+//! agent holds open ([`SessionSandbox::pipe`]); it is started again when the
+//! sandbox is replaced. Without a sandbox a stdio server is a host process,
+//! and only if the operator allows it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use agentrt_sandbox::manager::SessionSandbox;
+use agentrt_sandbox::protocol::ProcessSpec;
 use agentrt_types::spec::McpServerSpec;
 use agentrt_types::ToolDef;
 use rmcp::model::{
@@ -94,18 +103,50 @@ pub struct McpTool {
     pub destructive: bool,
 }
 
-/// One configured MCP server and its live connection.
+/// Where a server runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Reached over HTTP.
+    Remote,
+    /// A stdio process on the host (the operator allowed it).
+    Host,
+    /// A stdio process in each session's sandbox.
+    Sandbox,
+    /// A stdio process with nowhere it may run.
+    Refused,
+}
+
+/// A live connection: to a shared server (`sandbox: None`), or to one
+/// session's process and the sandbox instance it runs in.
+struct Connection {
+    client: Arc<Client>,
+    sandbox: Option<String>,
+}
+
+/// One configured MCP server and its live connections.
 pub struct McpServer {
     pub spec: McpServerSpec,
-    allow_host_stdio: bool,
-    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    placement: Placement,
+    /// By session for servers in sandboxes; under `""` otherwise.
+    clients: tokio::sync::Mutex<HashMap<String, Connection>>,
     tools: RwLock<Option<Vec<McpTool>>>,
     changed: Arc<AtomicBool>,
 }
 
 impl McpServer {
-    pub fn new(spec: McpServerSpec, allow_host_stdio: bool) -> Self {
-        McpServer { spec, allow_host_stdio, client: Default::default(), tools: RwLock::new(None), changed: Arc::default() }
+    /// A server of an agent with (`in_sandbox`) or without a `[sandbox]`.
+    pub fn new(spec: McpServerSpec, allow_host_stdio: bool, in_sandbox: bool) -> Self {
+        let placement = match (&spec.command, in_sandbox, allow_host_stdio) {
+            (None, _, _) => Placement::Remote,
+            (Some(_), true, _) => Placement::Sandbox,
+            (Some(_), false, true) => Placement::Host,
+            (Some(_), false, false) => Placement::Refused,
+        };
+        McpServer { spec, placement, clients: Default::default(), tools: RwLock::new(None), changed: Arc::default() }
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
     }
 
     /// What the circuit breaker guards: the URL's `host:port`, or the stdio server.
@@ -140,15 +181,16 @@ impl McpServer {
     }
 
     /// Lists the server's tools if never listed, or if it said they changed.
-    pub async fn discover(&self) -> Result<(), ToolError> {
+    /// A server in sandboxes is listed in `sandbox`, the caller's session's.
+    pub async fn discover(&self, sandbox: Option<&Arc<SessionSandbox>>) -> Result<(), ToolError> {
         let fresh = self.tools.read().expect("mcp tools lock").is_some();
         if fresh && !self.changed.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
-        let client = self.client().await?;
+        let client = self.client(sandbox).await?;
         let listed = match tokio::time::timeout(self.timeout(), client.list_all_tools()).await {
             Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(self.fail(e).await),
+            Ok(Err(e)) => return Err(self.fail(sandbox, e).await),
             Err(_) => return Err(ToolError::Timeout(self.timeout())),
         };
         let allowed = |name: &str| self.spec.tools.as_ref().is_none_or(|list| list.iter().any(|t| t == name));
@@ -174,9 +216,11 @@ impl McpServer {
         Ok(())
     }
 
-    /// Calls one of the server's tools by its own name.
-    pub async fn call(&self, remote_name: &str, args: Value) -> Result<Value, ToolError> {
-        let client = self.client().await?;
+    /// Calls one of the server's tools by its own name; a server in
+    /// sandboxes in `sandbox`, which is not frozen while the call runs.
+    pub async fn call(&self, sandbox: Option<&Arc<SessionSandbox>>, remote_name: &str, args: Value) -> Result<Value, ToolError> {
+        let _busy = sandbox.filter(|_| self.placement == Placement::Sandbox).map(|s| s.busy());
+        let client = self.client(sandbox).await?;
         let arguments = match args {
             Value::Object(map) => Some(map),
             Value::Null => None,
@@ -186,37 +230,60 @@ impl McpServer {
         params.arguments = arguments;
         match client.call_tool(params).await {
             Ok(result) => map_result(result),
-            Err(e) => Err(self.fail(e).await),
+            Err(e) => Err(self.fail(sandbox, e).await),
         }
     }
 
     /// Turns a protocol or transport error into a tool error; a broken
     /// connection is dropped so the next call reconnects.
-    async fn fail(&self, e: ServiceError) -> ToolError {
+    async fn fail(&self, sandbox: Option<&Arc<SessionSandbox>>, e: ServiceError) -> ToolError {
         match e {
             ServiceError::McpError(err) => ToolError::Failed(format!("MCP server {}: {}", self.spec.name, err.message)),
             other => {
-                *self.client.lock().await = None;
+                self.clients.lock().await.remove(&self.key(sandbox));
                 ToolError::Unavailable(format!("MCP server {}: {other}", self.spec.name))
             }
         }
     }
 
-    async fn client(&self) -> Result<Arc<Client>, ToolError> {
-        let mut slot = self.client.lock().await;
-        if let Some(c) = slot.as_ref() {
-            if !c.is_closed() {
-                return Ok(c.clone());
-            }
+    /// Which connection a caller uses: its session's for a server in sandboxes.
+    fn key(&self, sandbox: Option<&Arc<SessionSandbox>>) -> String {
+        match (self.placement, sandbox) {
+            (Placement::Sandbox, Some(s)) => s.session().to_owned(),
+            _ => String::new(),
         }
-        let c = Arc::new(tokio::time::timeout(self.timeout(), self.connect()).await.map_err(|_| ToolError::Timeout(self.timeout()))??);
-        // A new session may offer other tools.
-        self.changed.store(true, Ordering::SeqCst);
-        *slot = Some(c.clone());
-        Ok(c)
     }
 
-    async fn connect(&self) -> Result<Client, ToolError> {
+    async fn client(&self, sandbox: Option<&Arc<SessionSandbox>>) -> Result<Arc<Client>, ToolError> {
+        let unavailable = |e: &dyn std::fmt::Display| ToolError::Unavailable(format!("MCP server {}: {e}", self.spec.name));
+        // The sandbox instance a server in sandboxes runs in now (started or
+        // thawed as needed): a replaced sandbox took the old process with it.
+        let instance = match (self.placement, sandbox) {
+            (Placement::Sandbox, Some(s)) => Some(s.ready().await.map_err(|e| unavailable(&e))?.id().to_owned()),
+            (Placement::Sandbox, None) => {
+                return Err(ToolError::Failed(format!(
+                    "MCP server {} runs in the session's sandbox, and this server has no sandbox driver",
+                    self.spec.name
+                )))
+            }
+            _ => None,
+        };
+        let key = self.key(sandbox);
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&key) {
+            if !c.client.is_closed() && c.sandbox == instance {
+                return Ok(c.client.clone());
+            }
+        }
+        let connect = self.connect(sandbox);
+        let client = Arc::new(tokio::time::timeout(self.timeout(), connect).await.map_err(|_| ToolError::Timeout(self.timeout()))??);
+        // A new session may offer other tools.
+        self.changed.store(true, Ordering::SeqCst);
+        clients.insert(key, Connection { client: client.clone(), sandbox: instance });
+        Ok(client)
+    }
+
+    async fn connect(&self, sandbox: Option<&Arc<SessionSandbox>>) -> Result<Client, ToolError> {
         // The SDK's HTTP client needs a process-wide TLS crypto provider;
         // installing it twice is harmless (the first one stays).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -251,11 +318,21 @@ impl McpServer {
             return handler.serve(parts).await.map_err(|e| unavailable(&e));
         }
         let command = self.spec.command.as_deref().expect("spec validation: url or command");
-        if !self.allow_host_stdio {
-            return Err(ToolError::Failed(format!(
-                "MCP server {}: stdio servers run only when the operator allows host processes (mcp-stdio-on-host = true)",
-                self.spec.name
-            )));
+        match (self.placement, sandbox) {
+            (Placement::Sandbox, Some(sandbox)) => {
+                let mut argv = vec![command.to_owned()];
+                argv.extend(self.spec.args.iter().cloned());
+                let spec = ProcessSpec { argv, cwd: None, env: self.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect() };
+                let (stream, _) = sandbox.pipe(&spec).await.map_err(|e| unavailable(&e))?;
+                return handler.serve(stream.into_split()).await.map_err(|e| unavailable(&e));
+            }
+            (Placement::Host, _) => {}
+            _ => {
+                return Err(ToolError::Failed(format!(
+                    "MCP server {}: a stdio server runs in the session's sandbox (give the agent a [sandbox]), or as a host process when the operator allows it (mcp-stdio-on-host = true)",
+                    self.spec.name
+                )))
+            }
         }
         let mut cmd = tokio::process::Command::new(command);
         cmd.args(&self.spec.args).envs(&self.spec.env).kill_on_drop(true);
