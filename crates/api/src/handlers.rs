@@ -6,7 +6,7 @@ use std::time::Duration;
 use agentrt_engine::{OnBusy, SubmitTurn};
 use agentrt_store::SessionFilter;
 use agentrt_types::spec::SpecFormat;
-use agentrt_types::{SessionId, SessionStatus};
+use agentrt_types::{SessionId, SessionStatus, SessionSummary};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -238,6 +238,29 @@ pub async fn get_turn(
         None => s.engine.get_turn(&id, &turn).await?,
     };
     Ok(Json(json!(summary)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoverBody {
+    /// The agent to hand over to.
+    agent: String,
+    /// Only if this agent still runs the session.
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Hands the session over to another agent of the tenant.
+pub async fn handover(
+    State(s): State<AppState>,
+    caller: Caller,
+    TenantSession(id, _): TenantSession,
+    JsonBody(b): JsonBody<HandoverBody>,
+) -> Result<Json<SessionSummary>, ApiError> {
+    let by = caller.require(Role::Operator)?;
+    Ok(Json(s.engine.hand_over(by, &id, &b.agent, b.from.as_deref(), b.reason).await?))
 }
 
 pub async fn cancel_turn(

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/turns", post(submit_turn))
         .route("/v1/sessions/{id}/turns/{turn_id}", get(get_turn))
         .route("/v1/sessions/{id}/turns/{turn_id}/cancel", post(cancel_turn))
+        .route("/v1/sessions/{id}/handover", post(handover))
         .route("/v1/sessions/{id}/events", get(sse::events))
         .route("/v1/sessions/{id}/verify", get(verify_session))
         .route("/v1/sessions/{id}/audit", get(gov::audit))

@@ -162,6 +162,7 @@ async fn openapi_document_covers_every_route() {
         "/v1/budgets",
         "/v1/budgets/{id}",
         "/v1/sessions/{id}/budget-override",
+        "/v1/sessions/{id}/handover",
     ] {
         assert!(paths.contains_key(route), "openapi.json lacks {route}");
     }

@@ -104,6 +104,19 @@ pub enum SessionCommand {
     Cancel { id: String, turn_id: String },
     /// Terminate a session (its log is kept).
     Terminate { id: String },
+    /// Hand a session over to another agent for good (a running turn goes
+    /// on under it).
+    Handover {
+        id: String,
+        /// The agent to hand over to.
+        #[arg(long)]
+        to: String,
+        /// Only if this agent still runs the session.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Issue a short-lived credential that may read only this session;
     /// prints the token alone (`TOKEN=$(agentrt session credential ID)`).
     Credential {
@@ -245,6 +258,12 @@ pub async fn session(ctx: &Ctx, cmd: SessionCommand) -> anyhow::Result<ExitCode>
         SessionCommand::Terminate { id } => {
             let v = c.send(c.request(Method::DELETE, &format!("/v1/sessions/{id}"))).await?;
             ctx.print_json_or(&v, |v| output::line(&format!("session {} {}", id, v["status"].as_str().unwrap_or(""))));
+        }
+        SessionCommand::Handover { id, to, from, reason } => {
+            let v = c.post(&format!("/v1/sessions/{id}/handover"), &json!({"agent": to, "from": from, "reason": reason})).await?;
+            ctx.print_json_or(&v, |v| {
+                output::line(&format!("session {id} is now run by {} v{}", v["agent"].as_str().unwrap_or(""), v["agent_version"]))
+            });
         }
         SessionCommand::Credential { id, ttl } => {
             let v = c.post(&format!("/v1/sessions/{id}/credentials"), &json!({"ttl_seconds": ttl})).await?;

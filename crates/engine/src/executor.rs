@@ -112,7 +112,7 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
             return;
         }
     };
-    let fence = Fence::Lease { holder: holder.clone(), token };
+    let mut fence = Fence::Lease { holder: holder.clone(), token };
     loop {
         slot.dirty.store(false, Ordering::SeqCst);
         let turns = match inner.store.unfinished_turns(&id).await {
@@ -125,6 +125,10 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
                 continue;
             }
         };
+        let token = match &fence {
+            Fence::Lease { token, .. } => *token,
+            Fence::Client => token,
+        };
         if turns.is_empty() {
             if !let_go(&inner, &id, &slot, &holder, token).await {
                 continue;
@@ -133,7 +137,7 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
         }
         let mut waiting = None;
         for t in turns {
-            match turn::run(&inner, &id, &fence, &slot, t).await {
+            match turn::run(&inner, &id, &mut fence, &slot, t).await {
                 Ok(TurnEnd::Ended) => {}
                 Ok(TurnEnd::Waiting { wake_at_ms }) => {
                     // Later turns queue behind this one.
@@ -141,8 +145,13 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
                     break;
                 }
                 Err(Abort::Fenced) => {
-                    tracing::warn!(session = %id, "lease lost to another executor; stepping back");
+                    tracing::warn!(session = %id, "lease lost to another executor or a handover; stepping back");
                     inner.executors.remove_if_same(&id, &slot);
+                    // A handover on this node fences its executor and asks
+                    // for a new one, which this one may have swallowed.
+                    if slot.dirty.load(Ordering::SeqCst) {
+                        ensure_running(&inner, &id);
+                    }
                     return;
                 }
                 Err(Abort::Shutdown) => {

@@ -14,6 +14,7 @@ mod error;
 mod executor;
 mod gateway_model;
 pub mod governance;
+mod handover;
 mod history;
 pub mod hub;
 pub mod identity;

@@ -27,6 +27,7 @@ use crate::{telemetry, Inner};
 
 mod budget;
 mod gate;
+mod handover;
 
 /// Largest tool output kept in the log, in bytes of JSON.
 pub const MAX_TOOL_OUTPUT: usize = 64 * 1024;
@@ -64,7 +65,8 @@ pub(crate) enum TurnEnd {
 }
 
 /// Runs one turn to its end, until it waits for approval, or until aborted.
-pub(crate) async fn run(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot: &Slot, turn: TurnSummary) -> Result<TurnEnd, Abort> {
+/// `fence` is the executor's; a handover during the turn moves it on.
+pub(crate) async fn run(inner: &Arc<Inner>, id: &SessionId, fence: &mut Fence, slot: &Slot, turn: TurnSummary) -> Result<TurnEnd, Abort> {
     let session = inner.store.get_session(id).await?.ok_or_else(|| Abort::Store(StoreError::SessionNotFound(id.clone())))?;
     // The turn's span: every log line written while it runs carries its
     // session, turn and trace ids; model and tool spans are its children.
@@ -75,7 +77,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, id: &SessionId, fence: &Fence, slot:
 async fn run_turn(
     inner: &Arc<Inner>,
     id: &SessionId,
-    fence: &Fence,
+    fence: &mut Fence,
     slot: &Slot,
     turn: TurnSummary,
     session: SessionSummary,
@@ -86,6 +88,7 @@ async fn run_turn(
     let result = match result {
         Ok(Some(mut run)) => {
             let r = run.drive().await;
+            *fence = run.fence.clone();
             if r.as_ref().is_ok_and(|end| *end == TurnEnd::Ended) {
                 let p = &run.progress;
                 tracing::info!(
@@ -248,6 +251,9 @@ impl TurnRun {
         loop {
             if self.inner.shutdown.is_cancelled() {
                 return Err(Abort::Shutdown);
+            }
+            if self.progress.ended {
+                return Ok(TurnEnd::Ended);
             }
             if self.cancelled() {
                 return self.end_cancelled(carry).await.map(|()| TurnEnd::Ended);
@@ -439,7 +445,13 @@ impl TurnRun {
         let capture = self.inner.config.capture_content;
         let mut pending = FuturesUnordered::new();
         let mut immediate = Vec::new();
+        // Carried out after the batch's other calls: it changes who runs the session.
+        let mut handovers = Vec::new();
         for call in calls {
+            if call.call.name == agentrt_types::spec::HANDOVER_TOOL {
+                handovers.push(call);
+                continue;
+            }
             if self.recovering && !call.idempotent {
                 immediate.push(self.completed(&call, Outcome::Unknown, json!({"error": crate::UNKNOWN_OUTCOME}), 0, 0));
                 continue;
@@ -520,6 +532,9 @@ impl TurnRun {
             if !pending.is_empty() {
                 self.append(std::mem::take(&mut done)).await?;
             }
+        }
+        if !handovers.is_empty() && pending.is_empty() && !self.cancelled() {
+            return self.hand_over(&handovers, done).await;
         }
         Ok(done)
     }
@@ -661,7 +676,7 @@ async fn append_raw(
     Ok(appended)
 }
 
-async fn load_agent(inner: &Inner, tenant: &str, name: &str, version: u32) -> Result<Arc<LoadedAgent>, String> {
+pub(super) async fn load_agent(inner: &Inner, tenant: &str, name: &str, version: u32) -> Result<Arc<LoadedAgent>, String> {
     if let Some(a) = inner.agents.get(tenant, name, version) {
         return Ok(a);
     }

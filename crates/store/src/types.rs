@@ -67,6 +67,8 @@ pub enum Precondition {
     SessionIdle,
     /// The approval must still be pending (decided at most once).
     ApprovalPending(ApprovalId),
+    /// The session must be run by this agent.
+    AgentIs(String),
 }
 
 /// Events to append to one session's log in one transaction.
@@ -76,6 +78,25 @@ pub struct AppendRequest {
     pub fence: Fence,
     pub precondition: Option<Precondition>,
     pub events: Vec<NewEvent>,
+}
+
+/// Passes a session from one agent to another: `before` (e.g. the result
+/// of the agent's handover call), `handoff.completed` and
+/// `lease.transferred` are appended in one transaction that also moves the
+/// session's fencing token on, so that writes with the old token fail.
+#[derive(Clone, Debug)]
+pub struct HandoverRequest {
+    pub session_id: SessionId,
+    pub fence: Fence,
+    /// The agent that must be in control (the handover is refused otherwise).
+    pub from_agent: String,
+    pub to_agent: String,
+    pub to_version: u32,
+    /// The turn during which an agent hands over.
+    pub turn_id: Option<TurnId>,
+    pub by: String,
+    pub reason: Option<String>,
+    pub before: Vec<NewEvent>,
 }
 
 /// One model call, for usage accounting: from the agent loop (projected

@@ -2,6 +2,7 @@
 //! holds the tools one agent version may use, validates arguments against
 //! each tool's JSON Schema, and runs calls with a timeout.
 
+mod agents;
 mod builtin;
 mod http;
 pub mod mcp;
@@ -138,6 +139,9 @@ impl ToolSet {
         for (i, h) in spec.tools.http.iter().enumerate() {
             tools.push((format!("tools.http[{i}].input_schema"), Arc::new(HttpTool::new(h.clone()))));
         }
+        if !spec.agents.handover.is_empty() {
+            tools.push(("agents.handover".to_owned(), Arc::new(agents::HandoverTool::new(&spec.agents.handover))));
+        }
         let mut map = BTreeMap::new();
         for (path, tool) in tools {
             let validator =
@@ -184,6 +188,8 @@ impl ToolSet {
     pub fn server_of(&self, name: &str) -> String {
         if agentrt_types::spec::BUILTIN_TOOLS.contains(&name) {
             "builtin".into()
+        } else if name == agentrt_types::spec::HANDOVER_TOOL {
+            "agents".into()
         } else if agentrt_types::sandbox::SANDBOX_TOOLS.contains(&name) {
             "sandbox".into()
         } else if self.tools.contains_key(name) {

@@ -311,6 +311,37 @@ pub enum EventData {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         estimated: bool,
     },
+    /// Control of the session passed from one agent to another, in the same
+    /// transaction as a new fencing token (`lease.transferred`): from here
+    /// on the session runs `to_agent`, and writes of the old holder fail.
+    #[serde(rename = "handoff.completed")]
+    HandoffCompleted {
+        /// The turn during which an agent handed over (absent when a client did).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn_id: Option<TurnId>,
+        from_agent: String,
+        from_version: u32,
+        to_agent: String,
+        to_version: u32,
+        /// The agent's principal, or the client's.
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// The session's fencing token moved on: writes with `old_token` fail.
+    #[serde(rename = "lease.transferred")]
+    LeaseTransferred {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn_id: Option<TurnId>,
+        /// The executor holding the lease (absent when no one does).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder: Option<String>,
+        old_token: u64,
+        new_token: u64,
+        /// The agent in control before and after.
+        from_agent: String,
+        to_agent: String,
+    },
     /// Assistant output shown to the user.
     #[serde(rename = "message")]
     Message { turn_id: TurnId, content: String },
@@ -351,6 +382,8 @@ impl EventData {
             EventData::BudgetResumed { .. } => "budget.resumed",
             EventData::BudgetOverridden { .. } => "budget.overridden",
             EventData::GatewayCalled { .. } => "gateway.called",
+            EventData::HandoffCompleted { .. } => "handoff.completed",
+            EventData::LeaseTransferred { .. } => "lease.transferred",
             EventData::Message { .. } => "message",
             EventData::TurnCompleted { .. } => "turn.completed",
             EventData::TurnFailed { .. } => "turn.failed",
@@ -370,6 +403,7 @@ impl EventData {
             | EventData::SandboxRestarted(_)
             | EventData::SandboxDestroyed(_)
             | EventData::GatewayCalled { .. } => None,
+            EventData::HandoffCompleted { turn_id, .. } | EventData::LeaseTransferred { turn_id, .. } => turn_id.as_ref(),
             EventData::TurnSubmitted { turn_id, .. }
             | EventData::TurnStarted { turn_id, .. }
             | EventData::TurnResumed { turn_id, .. }

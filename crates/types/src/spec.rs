@@ -36,7 +36,29 @@ pub struct AgentSpec {
     /// Where model-written code runs; no sandbox tools without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<crate::sandbox::SandboxSpec>,
+    /// Other agents this one may pass its session to.
+    #[serde(default, skip_serializing_if = "AgentsSpec::is_empty")]
+    pub agents: AgentsSpec,
 }
+
+/// The multi-agent tools an agent gets: `agents.handover` when it names
+/// agents it may hand its session over to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsSpec {
+    /// Agents of the same tenant this one may hand the session over to.
+    #[serde(default)]
+    pub handover: Vec<String>,
+}
+
+impl AgentsSpec {
+    pub fn is_empty(&self) -> bool {
+        self.handover.is_empty()
+    }
+}
+
+/// The tool an agent calls to hand its session over to another agent.
+pub const HANDOVER_TOOL: &str = "agents.handover";
 
 /// Which model answers, and how.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -388,6 +410,14 @@ impl AgentSpec {
         let mut names: Vec<&str> = builtins.iter().map(String::as_str).collect();
         if self.sandbox.is_some() {
             names.extend(crate::sandbox::SANDBOX_TOOLS);
+        }
+        if !self.agents.handover.is_empty() {
+            names.push(HANDOVER_TOOL);
+        }
+        for (i, agent) in self.agents.handover.iter().enumerate() {
+            if !is_agent_name(agent) {
+                bad(format!("agents.handover[{i}]"), format!("{agent:?} is not an agent name"));
+            }
         }
         for (i, t) in self.tools.http.iter().enumerate() {
             let p = format!("tools.http[{i}]");

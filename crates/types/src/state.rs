@@ -133,6 +133,10 @@ impl SessionSummary {
             EventData::ApprovalDecided { .. } => self.pending_approvals = self.pending_approvals.saturating_sub(1),
             EventData::BudgetExceeded { breach, .. } => self.budget_exceeded = Some(breach.clone()),
             EventData::BudgetResumed { .. } => self.budget_exceeded = None,
+            EventData::HandoffCompleted { to_agent, to_version, .. } => {
+                self.agent = to_agent.clone();
+                self.agent_version = *to_version;
+            }
             EventData::TurnCompleted { turn_id, .. } | EventData::TurnFailed { turn_id, .. } | EventData::TurnCancelled { turn_id, .. } => {
                 if self.running_turn.as_ref() == Some(turn_id) {
                     self.running_turn = None;
