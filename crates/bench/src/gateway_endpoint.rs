@@ -3,32 +3,21 @@
 //! the call, usage recorded in the fsync'd store off the response path)
 //! against the same request posted straight to the upstream.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_api::{router, AppState};
 use agentrt_engine::{Engine, EngineConfig};
-use agentrt_gateway::bench::{compare, request_bytes, OverheadResult, Upstream};
-use agentrt_gateway::{Gateway, RouteSpec};
+use agentrt_gateway::bench::{bench_gateway, compare, request_bytes, OverheadResult, Upstream};
 use agentrt_store::sqlite::SqliteStore;
 use agentrt_types::{Role, DEFAULT_TENANT};
 use anyhow::Context;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// Measures `calls` calls by `concurrency` callers each way.
 pub async fn measure(tmp: &std::path::Path, concurrency: usize, calls: usize) -> anyhow::Result<OverheadResult> {
     let upstream = Upstream::start().await;
-    let route: RouteSpec = serde_json::from_value(json!({
-        "provider": "openai",
-        "base-url": upstream.base_url,
-        "model": "bench-model",
-        "max-concurrency": concurrency,
-        "price": {"input": 2.5, "output": 10.0},
-    }))?;
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    let gateway = Arc::new(Gateway::new(BTreeMap::from([("bench".to_owned(), route)]), http)?);
+    let gateway = Arc::new(bench_gateway(&upstream, concurrency, reqwest::Client::builder().no_proxy().build()?));
     let dir = tempfile::tempdir_in(tmp).context("temp dir")?;
     let store = Arc::new(SqliteStore::open(&dir.path().join("gateway.db"))?);
     let engine = Engine::new(store, EngineConfig { gateway: Some(gateway.clone()), ..EngineConfig::default() })?;

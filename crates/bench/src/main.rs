@@ -64,6 +64,28 @@ struct Args {
     out: Option<PathBuf>,
 }
 
+/// Three rounds of a gateway measurement, the median by added p50 (the
+/// best round's p50 would flatter it).
+async fn median_round<F, Fut>(mut round: F) -> anyhow::Result<agentrt_gateway::bench::OverheadResult>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<agentrt_gateway::bench::OverheadResult>>,
+{
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        rounds.push(round().await?);
+    }
+    rounds.sort_by(|a, b| a.added_p50_us.total_cmp(&b.added_p50_us));
+    Ok(rounds.swap_remove(1))
+}
+
+fn gateway_result(g: &agentrt_gateway::bench::OverheadResult, through: &str) -> String {
+    format!(
+        "added p50 {:.0} µs · p99 {:.0} µs · {:.0} calls/s through {through}, {:.0} direct",
+        g.added_p50_us, g.added_p99_us, g.gateway.calls_per_second, g.direct.calls_per_second
+    )
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -75,36 +97,19 @@ async fn main() -> anyhow::Result<()> {
     };
 
     {
-        // Best of three rounds' p50 would flatter it: report the median round.
         for (concurrency, calls) in [(1, 5_000), (100, 20_000)] {
-            let mut rounds = Vec::new();
-            for _ in 0..3 {
-                rounds.push(agentrt_gateway::bench::overhead(concurrency, calls).await);
-            }
-            rounds.sort_by(|a, b| a.added_p50_us.total_cmp(&b.added_p50_us));
-            let g = &rounds[1];
+            let g = median_round(|| async { Ok(agentrt_gateway::bench::overhead(concurrency, calls).await) }).await?;
             row(
                 &format!("model gateway, {concurrency} concurrent caller(s), instant local upstream (median of 3 rounds of {calls} calls)"),
-                format!(
-                    "added p50 {:.0} µs · p99 {:.0} µs · {:.0} calls/s through the gateway, {:.0} direct",
-                    g.added_p50_us, g.added_p99_us, g.gateway.calls_per_second, g.direct.calls_per_second
-                ),
+                gateway_result(&g, "the gateway"),
                 "added p50 < 200 µs",
             );
         }
         for (concurrency, calls) in [(1, 5_000), (100, 20_000)] {
-            let mut rounds = Vec::new();
-            for _ in 0..3 {
-                rounds.push(gateway_endpoint::measure(&args.tmp, concurrency, calls).await?);
-            }
-            rounds.sort_by(|a, b| a.added_p50_us.total_cmp(&b.added_p50_us));
-            let g = &rounds[1];
+            let g = median_round(|| gateway_endpoint::measure(&args.tmp, concurrency, calls)).await?;
             row(
                 &format!("gateway HTTP endpoint, {concurrency} concurrent caller(s): API key, budget check, usage stored (median of 3 rounds of {calls} calls)"),
-                format!(
-                    "added p50 {:.0} µs · p99 {:.0} µs · {:.0} calls/s through the endpoint, {:.0} direct",
-                    g.added_p50_us, g.added_p99_us, g.gateway.calls_per_second, g.direct.calls_per_second
-                ),
+                gateway_result(&g, "the endpoint"),
                 "",
             );
         }

@@ -54,10 +54,6 @@ async fn settle(server: &Server, sessions: &[&str]) -> Vec<String> {
     }
 }
 
-fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["type"] == kind).collect()
-}
-
 #[tokio::test]
 async fn a_tenant_budget_holds_under_concurrent_turns_survives_a_restart_and_a_raise_resumes() {
     let Rig { dir, counter, server, session: a } = rig("ticker", TICKER, None).await;

@@ -35,10 +35,6 @@ url = "COUNTER/refund"
 input_schema = { type = "object", properties = { amount = { type = "integer" } } }
 "#;
 
-fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["type"] == kind).collect()
-}
-
 #[tokio::test]
 async fn an_agent_hands_over_and_the_new_agent_finishes_the_turn_with_its_tools() {
     let Rig { dir, counter, server, session } = rig("front", FRONT, None).await;

@@ -52,16 +52,7 @@ const ANSWER: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","creat
 pub async fn overhead(concurrency: usize, calls: usize) -> OverheadResult {
     let upstream = Upstream::start().await;
 
-    let route: RouteSpec = serde_json::from_value(json!({
-        "provider": "openai",
-        "base-url": upstream.base_url,
-        "model": "bench-model",
-        "max-concurrency": concurrency,
-        "price": {"input": 2.5, "output": 10.0, "cached-input": 1.25},
-    }))
-    .expect("the bench route is a valid spec");
-    let gateway =
-        Arc::new(Gateway::new(BTreeMap::from([("bench".to_owned(), route)]), client()).expect("the bench route is a valid route"));
+    let gateway = Arc::new(bench_gateway(&upstream, concurrency, client()));
     let request = request_bytes();
     let gateway_call = move || {
         let (gateway, request) = (gateway.clone(), request.clone());
@@ -78,6 +69,19 @@ pub async fn overhead(concurrency: usize, calls: usize) -> OverheadResult {
     let result = compare(concurrency, calls, &upstream, gateway_call).await;
     upstream.stop().await;
     result
+}
+
+/// A gateway with one route, `bench`, to `upstream`.
+pub fn bench_gateway(upstream: &Upstream, concurrency: usize, http: reqwest::Client) -> Gateway {
+    let route: RouteSpec = serde_json::from_value(json!({
+        "provider": "openai",
+        "base-url": upstream.base_url,
+        "model": "bench-model",
+        "max-concurrency": concurrency.max(1),
+        "price": {"input": 2.5, "output": 10.0, "cached-input": 1.25},
+    }))
+    .expect("the bench route is a valid spec");
+    Gateway::new(BTreeMap::from([("bench".to_owned(), route)]), http).expect("the bench route is a valid route")
 }
 
 /// The request every bench call sends, for the route named `bench`.

@@ -243,6 +243,11 @@ pub fn assert_log_verifies(data_dir: &Path) {
     assert!(out.contains("ok "), "{out}");
 }
 
+/// The events of one type.
+pub fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
 pub fn seqs(events: &[Value]) -> Vec<u64> {
     events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }

@@ -31,6 +31,14 @@ pub fn get(conn: &Connection, id: &BudgetId) -> Result<Option<Budget>, StoreErro
     text.map(decode).transpose()
 }
 
+/// Whether the tenant has any budget.
+pub fn tenant_has_any(conn: &Connection, tenant: &str) -> Result<bool, StoreError> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM budgets WHERE tenant = ?1)")
+        .map_err(db)?
+        .query_row(params![tenant], |r| r.get(0))
+        .map_err(db)
+}
+
 /// A tenant's budgets, oldest first.
 pub fn list(conn: &Connection, tenant: &str) -> Result<Vec<Budget>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT body FROM budgets WHERE tenant = ?1 ORDER BY id").map_err(db)?;

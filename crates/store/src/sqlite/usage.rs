@@ -2,7 +2,7 @@
 //! transaction as the call's `model.completed` event (loop calls) or on its
 //! own (gateway calls), and totals grouped for reports.
 
-use agentrt_types::{Event, EventData, SessionSummary};
+use agentrt_types::{Event, EventData, SessionSummary, TurnId, Usage};
 use rusqlite::{params, Connection, Transaction};
 
 use super::schema::db;
@@ -11,51 +11,38 @@ use crate::{StoreError, UsageGroup, UsageQuery, UsageRecord, UsageRow};
 /// Records the usage of a model call of `session`: by its agent loop, or
 /// through the gateway with its credential.
 pub fn apply(tx: &Transaction<'_>, session: &SessionSummary, event: &Event) -> Result<(), StoreError> {
-    if let EventData::GatewayCalled { route, provider, model, usage, cost_usd, latency_us, estimated } = &event.body.data {
-        return insert(
-            tx,
-            &UsageRecord {
-                ts_ms: event.body.ts,
-                tenant: session.tenant.clone(),
-                agent: session.agent.clone(),
-                session_id: Some(session.id.clone()),
-                turn_id: None,
-                source: "gateway".into(),
-                route: route.clone(),
-                provider: provider.clone(),
-                model: model.clone(),
-                input_tokens: usage.input_tokens,
-                output_tokens: usage.output_tokens,
-                cached_tokens: usage.cached_tokens,
-                cost_usd: *cost_usd,
-                latency_us: *latency_us,
-                estimated: *estimated,
-            },
-        );
-    }
-    let EventData::ModelCompleted { turn_id, usage, latency_us, billing: Some(b), .. } = &event.body.data else {
-        return Ok(());
+    let record = |turn_id: Option<&TurnId>, source: &str, route: &str, (provider, model): (&str, &str), usage: &Usage| UsageRecord {
+        ts_ms: event.body.ts,
+        tenant: session.tenant.clone(),
+        agent: session.agent.clone(),
+        session_id: Some(session.id.clone()),
+        turn_id: turn_id.cloned(),
+        source: source.into(),
+        route: route.into(),
+        provider: provider.into(),
+        model: model.into(),
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cached_tokens: usage.cached_tokens,
+        cost_usd: 0.0,
+        latency_us: 0,
+        estimated: false,
     };
-    insert(
-        tx,
-        &UsageRecord {
-            ts_ms: event.body.ts,
-            tenant: session.tenant.clone(),
-            agent: session.agent.clone(),
-            session_id: Some(session.id.clone()),
-            turn_id: Some(turn_id.clone()),
-            source: "loop".into(),
-            route: b.provider.clone(),
-            provider: b.provider.clone(),
-            model: b.model.clone(),
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
-            cached_tokens: usage.cached_tokens,
+    let row = match &event.body.data {
+        EventData::GatewayCalled { route, provider, model, usage, cost_usd, latency_us, estimated } => UsageRecord {
+            cost_usd: *cost_usd,
+            latency_us: *latency_us,
+            estimated: *estimated,
+            ..record(None, "gateway", route, (provider, model), usage)
+        },
+        EventData::ModelCompleted { turn_id, usage, latency_us, billing: Some(b), .. } => UsageRecord {
             cost_usd: b.cost_usd,
             latency_us: *latency_us,
-            estimated: false,
+            ..record(Some(turn_id), "loop", &b.provider, (&b.provider, &b.model), usage)
         },
-    )
+        _ => return Ok(()),
+    };
+    insert(tx, &row)
 }
 
 /// Records a gateway call made outside any session (with an API key),

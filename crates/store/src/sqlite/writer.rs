@@ -425,6 +425,10 @@ pub fn handover(tx: &Transaction<'_>, req: HandoverRequest) -> Result<(Vec<Event
 /// Refuses an append that starts model or tool calls a budget does not
 /// allow; `spend` is what the append adds.
 fn check_budgets(tx: &Transaction<'_>, session: &SessionSummary, events: &[NewEvent], spend: &Spend, ts: i64) -> Result<(), StoreError> {
+    // The common case, a tenant without budgets, costs one indexed lookup.
+    if !super::budgets::tenant_has_any(tx, &session.tenant)? {
+        return Ok(());
+    }
     let turn = match events.iter().find_map(|e| e.data.turn_id()) {
         Some(t) => read_turn(tx, &session.id, t)?,
         None => None,
