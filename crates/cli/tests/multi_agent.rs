@@ -142,3 +142,96 @@ script = [{ text = "not used" }, { text = "billing took over: {tool_results}" }]
     assert!(handoff < resumed, "the turn resumed under the new agent after the handover");
     assert_eq!(counter.count("charge"), 1, "the non-idempotent call was not made twice");
 }
+
+const WORKER: &str = "[model]\nprovider = \"scripted\"\nscript = [{ text = \"done: {input}\" }]\n";
+/// Fails its first model call: its provider's key is not set.
+const FAILER: &str = "[model]\nprovider = \"openai\"\nmodel = \"gpt-x\"\napi_key_env = \"AGENTRT_TEST_NO_SUCH_KEY\"\n";
+/// Waits on the counter's `nap`, which the tests hold.
+const SLEEPER: &str = r#"
+[model]
+provider = "scripted"
+script = [{ tool_calls = [{ name = "nap", arguments = {} }] }, { text = "woke" }]
+[[tools.http]]
+name = "nap"
+url = "COUNTER/nap"
+"#;
+
+fn boss(tasks: &str, timeout: u64) -> String {
+    format!(
+        r#"
+[model]
+provider = "scripted"
+script = [{{ tool_calls = [{{ name = "agents.delegate", arguments = {{ tasks = [{tasks}], timeout_seconds = {timeout} }} }}] }}, {{ text = "all back" }}]
+[agents]
+delegate = ["worker", "failer", "sleeper"]
+"#
+    )
+}
+
+async fn team(server: &Server, counter: &Counter) {
+    server.apply("worker", WORKER).await;
+    server.apply("failer", FAILER).await;
+    server.apply("sleeper", &SLEEPER.replace("COUNTER", &counter.url)).await;
+}
+
+#[tokio::test]
+async fn a_fan_out_of_ten_gets_every_outcome_one_failed_and_one_timed_out() {
+    let mut tasks: Vec<String> = (0..8).map(|i| format!("{{ agent = \"worker\", input = \"task {i}\" }}")).collect();
+    tasks.push("{ agent = \"failer\", input = \"fail\" }".into());
+    tasks.push("{ agent = \"sleeper\", input = \"sleep\" }".into());
+    let counter = Counter::start().await;
+    counter.hold("nap");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    team(&server, &counter).await;
+    server.apply("boss", &boss(&tasks.join(", "), 3)).await;
+    let session = server.session("boss").await;
+    let turn = server.submit(&session, "split the work").await;
+    let t = server.wait_turn(&session, &turn).await;
+    assert_eq!((t["status"].as_str(), t["output"].as_str()), (Some("completed"), Some("all back")), "{t}");
+
+    let events = server.events(&session).await;
+    let started = of_type(&events, "delegate.started");
+    assert_eq!(started[0]["children"].as_array().unwrap().len(), 10);
+    let result = events.iter().find(|e| e["type"] == "tool.completed" && e["tool"] == "agents.delegate").unwrap();
+    let results = result["output"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10, "{result}");
+    for (i, r) in results[..8].iter().enumerate() {
+        assert_eq!((r["status"].as_str(), r["output"].as_str()), (Some("completed"), Some(format!("done: task {i}").as_str())), "{r}");
+    }
+    assert_eq!(results[8]["status"], "failed", "{}", results[8]);
+    assert!(results[8]["error"].as_str().unwrap().contains("AGENTRT_TEST_NO_SUCH_KEY"), "{}", results[8]);
+    assert_eq!(results[9]["status"], "timed_out", "{}", results[9]);
+
+    // Children are linked to the parent; the one that timed out was cancelled.
+    let sleeper = results[9]["session_id"].as_str().unwrap();
+    let child = server.get(&format!("/v1/sessions/{sleeper}")).await;
+    assert_eq!(child["metadata"]["parent_session"], session.as_str(), "{child}");
+    counter.release();
+    let child_turns = server.events(sleeper).await;
+    let child_turn = child_turns.iter().find(|e| e["type"] == "turn.submitted").unwrap()["turn_id"].as_str().unwrap().to_owned();
+    assert_eq!(server.wait_turn(sleeper, &child_turn).await["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn cancelling_the_parent_cancels_its_children() {
+    let counter = Counter::start().await;
+    counter.hold("nap");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    team(&server, &counter).await;
+    server.apply("boss", &boss("{ agent = \"sleeper\", input = \"sleep\" }", 600)).await;
+    let session = server.session("boss").await;
+    let turn = server.submit(&session, "go").await;
+    counter.wait_for("nap").await;
+    let (s, v) = server.post(&format!("/v1/sessions/{session}/turns/{turn}/cancel"), json!({})).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(server.wait_turn(&session, &turn).await["status"], "cancelled");
+    let events = server.events(&session).await;
+    let child = of_type(&events, "delegate.started")[0]["children"][0]["session_id"].as_str().unwrap().to_owned();
+    let child_events = server.events(&child).await;
+    let child_turn = of_type(&child_events, "turn.submitted")[0]["turn_id"].as_str().unwrap().to_owned();
+    let t = server.wait_turn(&child, &child_turn).await;
+    assert_eq!(t["status"], "cancelled", "the child's turn is cancelled with its parent's: {t}");
+    counter.release();
+}

@@ -10,6 +10,7 @@ mod agents;
 pub mod budgets;
 mod cache;
 mod credentials;
+mod delegate;
 mod error;
 mod executor;
 mod gateway_model;
@@ -380,6 +381,7 @@ impl Engine {
         if !unfinished.is_empty() {
             executor::ensure_running(&self.inner, id);
         }
+        self.cancel_children(id).await;
         self.get_session(id).await
     }
 
@@ -459,12 +461,19 @@ impl Engine {
             return Err(EngineError::TurnFinished(turn.clone(), summary.status.as_str()));
         }
         if !summary.cancel_requested {
-            let event = EventData::TurnCancelRequested { turn_id: turn.clone(), reason: "cancelled by client".into() };
-            self.client_append(id, None, vec![event.into()]).await?;
+            self.request_cancel(id, turn, "cancelled by client").await?;
         }
+        self.cancel_children(id).await;
+        self.get_turn(id, turn).await
+    }
+
+    /// Asks the turn's executor to cancel it.
+    pub(crate) async fn request_cancel(&self, id: &SessionId, turn: &TurnId, reason: &str) -> Result<(), EngineError> {
+        let event = EventData::TurnCancelRequested { turn_id: turn.clone(), reason: reason.into() };
+        self.client_append(id, None, vec![event.into()]).await?;
         executor::signal_cancel(&self.inner, id, turn);
         executor::ensure_running(&self.inner, id);
-        self.get_turn(id, turn).await
+        Ok(())
     }
 
     /// Waits up to `timeout` for the turn to end; returns its latest state.

@@ -473,10 +473,24 @@ impl TurnRun {
             let agent = self.agent.clone().expect("agent loaded");
             let ctx = ToolContext { sandbox: self.inner.sandbox_for(&self.session, agent.version.spec.sandbox.as_ref()), ..ctx };
             let (inner, tenant, tenant_rate) = (self.inner.clone(), self.tenant.clone(), self.tenant_rate);
+            let (parent, turn_id) = (self.session.clone(), self.turn.turn_id.clone());
             pending.push(async move {
                 let started = Instant::now();
                 let wait = agent.router.rate_limit_wait();
+                let delegated = call.call.name == agentrt_types::spec::DELEGATE_TOOL;
                 let routed = match tenant_rate {
+                    _ if delegated => {
+                        let d = crate::delegate::Delegation {
+                            tenant: &tenant,
+                            parent: &parent,
+                            turn: &turn_id,
+                            call_id: &call.call.id,
+                            key: &call.idempotency_key,
+                            allowed: &agent.version.spec.agents.delegate,
+                        };
+                        let result = crate::delegate::run(&inner, d, &call.call.arguments).instrument(span.clone()).await;
+                        agentrt_tools::router::RoutedCall { result, attempts: 1, breaker_changes: vec![] }
+                    }
                     Some(rate) if !inner.tenant_buckets.take(&tenant, rate, wait).await => agentrt_tools::router::RoutedCall {
                         result: Err(ToolError::RateLimited(format!("tenant {tenant}"), wait.as_millis() as u64)),
                         attempts: 0,

@@ -1,21 +1,22 @@
-//! `agents.handover`: the model passes its session to another agent. The
-//! tool only declares itself here (name, schema, retry safety); the runtime
-//! carries the call out, because it changes who runs the session.
+//! The multi-agent tools, `agents.handover` and `agents.delegate`. They
+//! only declare themselves here (name, schema, retry safety); the runtime
+//! carries the calls out, because they change or create sessions.
 
-use agentrt_types::spec::HANDOVER_TOOL;
+use agentrt_types::spec::{DELEGATE_TOOL, HANDOVER_TOOL};
 use agentrt_types::ToolDef;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use crate::{Tool, ToolContext, ToolError};
 
-/// The handover tool of an agent allowed to hand over to `agents`.
-pub struct HandoverTool {
+/// A tool the runtime carries out itself.
+pub struct RuntimeTool {
     def: ToolDef,
 }
 
-impl HandoverTool {
-    pub fn new(agents: &[String]) -> Self {
+impl RuntimeTool {
+    /// Hands the session over to one of `agents`.
+    pub fn handover(agents: &[String]) -> Self {
         let def = ToolDef {
             name: HANDOVER_TOOL.to_owned(),
             description: "Hand this conversation over to another agent for good: it sees everything so far, \
@@ -31,23 +32,60 @@ impl HandoverTool {
                 "additionalProperties": false
             }),
         };
-        HandoverTool { def }
+        RuntimeTool { def }
+    }
+
+    /// Runs sub-tasks with `agents`, each in a child session, in parallel.
+    pub fn delegate(agents: &[String]) -> Self {
+        let def = ToolDef {
+            name: DELEGATE_TOOL.to_owned(),
+            description: "Give independent sub-tasks to other agents. Each runs in a session of its own, in parallel; \
+                          the result lists every sub-task's outcome (completed with its output, failed, timed_out or cancelled)."
+                .to_owned(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "tasks": {
+                        "type": "array", "minItems": 1, "maxItems": 50,
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "agent": {"type": "string", "enum": agents},
+                                "input": {"type": "string", "description": "What the agent is asked."}
+                            },
+                            "required": ["agent", "input"],
+                            "additionalProperties": false
+                        }
+                    },
+                    "wait": {"type": "string", "enum": ["all", "first"], "description": "Wait for every sub-task (default), or for the first to end; the others are cancelled."},
+                    "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "description": "Sub-tasks not done by then are cancelled (default 300)."}
+                },
+                "required": ["tasks"],
+                "additionalProperties": false
+            }),
+        };
+        RuntimeTool { def }
     }
 }
 
 #[async_trait]
-impl Tool for HandoverTool {
+impl Tool for RuntimeTool {
     fn def(&self) -> &ToolDef {
         &self.def
     }
 
-    /// The call's result and the handover are one transaction: either
-    /// both are in the log or neither, so it may be made again.
+    /// Handover: its result and the handover are one transaction. Delegate:
+    /// a repeated call finds the child sessions of the first one.
     fn idempotent(&self) -> bool {
         true
     }
 
+    /// Delegated sub-tasks bring their own deadline.
+    fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(3700)
+    }
+
     async fn call(&self, _ctx: &ToolContext, _args: Value) -> Result<Value, ToolError> {
-        Err(ToolError::Failed(format!("{HANDOVER_TOOL} is carried out by the runtime")))
+        Err(ToolError::Failed(format!("{} is carried out by the runtime", self.def.name)))
     }
 }

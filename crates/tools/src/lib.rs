@@ -140,7 +140,10 @@ impl ToolSet {
             tools.push((format!("tools.http[{i}].input_schema"), Arc::new(HttpTool::new(h.clone()))));
         }
         if !spec.agents.handover.is_empty() {
-            tools.push(("agents.handover".to_owned(), Arc::new(agents::HandoverTool::new(&spec.agents.handover))));
+            tools.push(("agents.handover".to_owned(), Arc::new(agents::RuntimeTool::handover(&spec.agents.handover))));
+        }
+        if !spec.agents.delegate.is_empty() {
+            tools.push(("agents.delegate".to_owned(), Arc::new(agents::RuntimeTool::delegate(&spec.agents.delegate))));
         }
         let mut map = BTreeMap::new();
         for (path, tool) in tools {
@@ -188,7 +191,7 @@ impl ToolSet {
     pub fn server_of(&self, name: &str) -> String {
         if agentrt_types::spec::BUILTIN_TOOLS.contains(&name) {
             "builtin".into()
-        } else if name == agentrt_types::spec::HANDOVER_TOOL {
+        } else if name == agentrt_types::spec::HANDOVER_TOOL || name == agentrt_types::spec::DELEGATE_TOOL {
             "agents".into()
         } else if agentrt_types::sandbox::SANDBOX_TOOLS.contains(&name) {
             "sandbox".into()

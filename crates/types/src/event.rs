@@ -121,6 +121,13 @@ pub struct SandboxTransition {
     pub reason: Option<String>,
 }
 
+/// One sub-task given to another agent, and its child session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DelegatedTask {
+    pub agent: String,
+    pub session_id: SessionId,
+}
+
 /// The typed payload of an event; `type` names it on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -342,6 +349,10 @@ pub enum EventData {
         from_agent: String,
         to_agent: String,
     },
+    /// An agent gave sub-tasks to other agents (`agents.delegate`): each
+    /// runs in the child session named here.
+    #[serde(rename = "delegate.started")]
+    DelegateStarted { turn_id: TurnId, call_id: String, children: Vec<DelegatedTask> },
     /// Assistant output shown to the user.
     #[serde(rename = "message")]
     Message { turn_id: TurnId, content: String },
@@ -384,6 +395,7 @@ impl EventData {
             EventData::GatewayCalled { .. } => "gateway.called",
             EventData::HandoffCompleted { .. } => "handoff.completed",
             EventData::LeaseTransferred { .. } => "lease.transferred",
+            EventData::DelegateStarted { .. } => "delegate.started",
             EventData::Message { .. } => "message",
             EventData::TurnCompleted { .. } => "turn.completed",
             EventData::TurnFailed { .. } => "turn.failed",
@@ -420,6 +432,7 @@ impl EventData {
             | EventData::BudgetExceeded { turn_id, .. }
             | EventData::BudgetResumed { turn_id }
             | EventData::BudgetOverridden { turn_id, .. }
+            | EventData::DelegateStarted { turn_id, .. }
             | EventData::Message { turn_id, .. }
             | EventData::TurnCompleted { turn_id, .. }
             | EventData::TurnFailed { turn_id, .. }

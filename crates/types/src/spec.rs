@@ -49,16 +49,22 @@ pub struct AgentsSpec {
     /// Agents of the same tenant this one may hand the session over to.
     #[serde(default)]
     pub handover: Vec<String>,
+    /// Agents of the same tenant this one may give sub-tasks to, each in a
+    /// child session of its own.
+    #[serde(default)]
+    pub delegate: Vec<String>,
 }
 
 impl AgentsSpec {
     pub fn is_empty(&self) -> bool {
-        self.handover.is_empty()
+        self.handover.is_empty() && self.delegate.is_empty()
     }
 }
 
 /// The tool an agent calls to hand its session over to another agent.
 pub const HANDOVER_TOOL: &str = "agents.handover";
+/// The tool an agent calls to run sub-tasks in child sessions, in parallel.
+pub const DELEGATE_TOOL: &str = "agents.delegate";
 
 /// Which model answers, and how.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -414,9 +420,14 @@ impl AgentSpec {
         if !self.agents.handover.is_empty() {
             names.push(HANDOVER_TOOL);
         }
-        for (i, agent) in self.agents.handover.iter().enumerate() {
-            if !is_agent_name(agent) {
-                bad(format!("agents.handover[{i}]"), format!("{agent:?} is not an agent name"));
+        if !self.agents.delegate.is_empty() {
+            names.push(DELEGATE_TOOL);
+        }
+        for (list, agents) in [("handover", &self.agents.handover), ("delegate", &self.agents.delegate)] {
+            for (i, agent) in agents.iter().enumerate() {
+                if !is_agent_name(agent) {
+                    bad(format!("agents.{list}[{i}]"), format!("{agent:?} is not an agent name"));
+                }
             }
         }
         for (i, t) in self.tools.http.iter().enumerate() {

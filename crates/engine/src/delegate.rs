@@ -1,0 +1,161 @@
+//! `agents.delegate`: sub-tasks run by other agents, each in a child session
+//! of its own, in parallel; the call's result lists every outcome.
+//!
+//! The children are recorded in the parent's key-value store under the
+//! call's idempotency key before their turns are submitted (with that key),
+//! so a call made again after a crash finds the same children and waits for
+//! them instead of starting new ones. Cancelling the parent's turn, or
+//! terminating the parent, cancels the children's turns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentrt_tools::ToolError;
+use agentrt_types::event::DelegatedTask;
+use agentrt_types::{EventData, SessionId, TurnId, TurnStatus};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{Engine, Inner, OnBusy, SubmitTurn};
+
+/// Key of the parent's list of child sessions in its key-value store.
+const CHILDREN_KEY: &str = "agents.children";
+/// Sub-tasks not done by then are cancelled, unless the call says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Deserialize)]
+struct Args {
+    tasks: Vec<Task>,
+    #[serde(default)]
+    wait: Option<String>,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Task {
+    agent: String,
+    input: String,
+}
+
+/// The call of `agents.delegate` being carried out.
+pub(crate) struct Delegation<'a> {
+    pub tenant: &'a str,
+    pub parent: &'a SessionId,
+    pub turn: &'a TurnId,
+    pub call_id: &'a str,
+    pub key: &'a str,
+    pub allowed: &'a [String],
+}
+
+/// Runs the sub-tasks and answers `{"results": [...]}`, one per task in order.
+pub(crate) async fn run(inner: &Arc<Inner>, d: Delegation<'_>, args: &Value) -> Result<Value, ToolError> {
+    let engine = Engine { inner: inner.clone() };
+    let args: Args = serde_json::from_value(args.clone()).map_err(|e| ToolError::InvalidArguments(e.to_string()))?;
+    if let Some(t) = args.tasks.iter().find(|t| !d.allowed.contains(&t.agent)) {
+        return Err(ToolError::InvalidArguments(format!("this agent may delegate only to: {} (not {:?})", d.allowed.join(", "), t.agent)));
+    }
+    let first_only = match args.wait.as_deref() {
+        None | Some("all") => false,
+        Some("first") => true,
+        Some(other) => return Err(ToolError::InvalidArguments(format!("wait must be \"all\" or \"first\", not {other:?}"))),
+    };
+    let timeout = args.timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    let children = children(&engine, &d, &args.tasks).await?;
+
+    let mut turns = Vec::with_capacity(children.len());
+    for (child, task) in children.iter().zip(&args.tasks) {
+        let submit =
+            SubmitTurn { input: task.input.clone(), on_busy: OnBusy::Queue, idempotency_key: Some(d.key.to_owned()), traceparent: None };
+        let (turn, _) = engine.submit_turn(&child.session_id, submit).await.map_err(failed)?;
+        turns.push(turn.turn_id);
+    }
+    let mut waiting: FuturesUnordered<_> = children
+        .iter()
+        .zip(&turns)
+        .enumerate()
+        .map(|(i, (c, t))| {
+            let engine = engine.clone();
+            async move { (i, engine.wait_turn(&c.session_id, t, timeout).await) }
+        })
+        .collect();
+    let mut results: Vec<Option<Value>> = vec![None; children.len()];
+    while let Some((i, ended)) = waiting.next().await {
+        let turn = ended.map_err(failed)?;
+        if turn.status.is_final() {
+            results[i] = Some(outcome(&children[i], &turn));
+            if first_only {
+                break;
+            }
+        }
+    }
+    drop(waiting);
+    // What is not done is cancelled: past the deadline, or after the first.
+    let why = if first_only { "cancelled" } else { "timed_out" };
+    for (i, slot) in results.iter_mut().enumerate() {
+        if slot.is_none() {
+            let _ = engine.cancel_turn(&children[i].session_id, &turns[i]).await;
+            *slot = Some(json!({"agent": children[i].agent, "session_id": children[i].session_id, "status": why}));
+        }
+    }
+    Ok(json!({"results": results}))
+}
+
+/// The call's child sessions: found again after a crash, made otherwise.
+async fn children(engine: &Engine, d: &Delegation<'_>, tasks: &[Task]) -> Result<Vec<DelegatedTask>, ToolError> {
+    let store = &engine.inner.store;
+    let key = format!("agents.delegate:{}", d.key);
+    if let Some(known) = store.kv_get(d.parent, &key).await.map_err(failed)? {
+        return serde_json::from_value(known).map_err(|e| ToolError::Failed(format!("stored children: {e}")));
+    }
+    let mut children = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let metadata = json!({"parent_session": d.parent, "parent_turn": d.turn, "parent_call": d.call_id});
+        let child = engine.create_session(d.tenant, &task.agent, None, metadata).await.map_err(failed)?;
+        children.push(DelegatedTask { agent: task.agent.clone(), session_id: child.id });
+    }
+    store.kv_set(d.parent, &key, &json!(children)).await.map_err(failed)?;
+    let mut all: Vec<SessionId> = match store.kv_get(d.parent, CHILDREN_KEY).await.map_err(failed)? {
+        Some(v) => serde_json::from_value(v).unwrap_or_default(),
+        None => vec![],
+    };
+    all.extend(children.iter().map(|c| c.session_id.clone()));
+    store.kv_set(d.parent, CHILDREN_KEY, &json!(all)).await.map_err(failed)?;
+    let started = EventData::DelegateStarted { turn_id: d.turn.clone(), call_id: d.call_id.to_owned(), children: children.clone() };
+    engine.client_append(d.parent, None, vec![started.into()]).await.map_err(failed)?;
+    Ok(children)
+}
+
+fn outcome(child: &DelegatedTask, turn: &agentrt_types::TurnSummary) -> Value {
+    let mut v = json!({"agent": child.agent, "session_id": child.session_id, "status": turn.status.as_str()});
+    match turn.status {
+        TurnStatus::Completed => v["output"] = json!(turn.output),
+        _ => v["error"] = json!(turn.error.as_ref().map(|e| e.message.clone())),
+    }
+    v
+}
+
+fn failed(e: impl std::fmt::Display) -> ToolError {
+    ToolError::Failed(e.to_string())
+}
+
+impl Engine {
+    /// Cancels the unfinished turns of the sessions the session delegated
+    /// to, and of theirs.
+    pub(crate) async fn cancel_children(&self, parent: &SessionId) {
+        let mut parents = vec![parent.clone()];
+        while let Some(p) = parents.pop() {
+            let Ok(Some(list)) = self.inner.store.kv_get(&p, CHILDREN_KEY).await else { continue };
+            let children: Vec<SessionId> = serde_json::from_value(list).unwrap_or_default();
+            for child in children {
+                for turn in self.inner.store.unfinished_turns(&child).await.unwrap_or_default() {
+                    if !turn.cancel_requested {
+                        let _ = self.request_cancel(&child, &turn.turn_id, "parent cancelled").await;
+                    }
+                }
+                parents.push(child);
+            }
+        }
+    }
+}
