@@ -445,3 +445,119 @@ async fn total_steps(store: &SqliteStore, sessions: &[(SessionId, TurnId)]) -> u
     }
     total
 }
+
+/// Handovers race executors writing with the token they hold, duplicate
+/// handovers and client input, over several randomized runs. Read back, the
+/// log must show one agent in control at every point (each handover starts
+/// from the agent the previous one ended with), tokens that move on by one
+/// per handover, and no executor write accepted with a token that was not
+/// the current one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handovers_racing_writers_never_let_a_stale_token_write() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    for run in 0..8u64 {
+        let (_d, store) = open();
+        let store = Arc::new(store);
+        let id = session(&store).await;
+        let turn = TurnId::generate();
+        store.append(client(&id, vec![submit(&turn, None)])).await.unwrap();
+        let token = store.acquire_lease(&id, "node", 60_000, false).await.unwrap().unwrap();
+        let (refused, handed, stale) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut tasks = Vec::new();
+        for w in 0..3u64 {
+            let (store, id, turn, stale) = (store.clone(), id.clone(), turn.clone(), stale.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(run * 100 + w);
+                let mut mine = token;
+                for _ in 0..40 {
+                    let event = EventData::Message { turn_id: turn.clone(), content: format!("token {mine}") };
+                    let req = AppendRequest {
+                        session_id: id.clone(),
+                        fence: Fence::Lease { holder: "node".into(), token: mine },
+                        precondition: None,
+                        events: vec![event.into()],
+                    };
+                    match store.append(req).await {
+                        Ok(_) => {}
+                        Err(StoreError::StaleFence { current, .. }) => {
+                            stale.fetch_add(1, Ordering::SeqCst);
+                            // The new holder's token, as a taking-over executor would learn it.
+                            mine = current;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                    if rng.bool() {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }));
+        }
+        for h in 0..4u64 {
+            let (store, id, refused, handed) = (store.clone(), id.clone(), refused.clone(), handed.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(run * 1000 + h);
+                let agents = ["a", "b", "c"];
+                for _ in 0..15 {
+                    let from = agents[rng.usize(..3)];
+                    let to = agents[(agents.iter().position(|a| *a == from).unwrap() + 1 + rng.usize(..2)) % 3];
+                    let req = crate::HandoverRequest {
+                        session_id: id.clone(),
+                        fence: Fence::Client,
+                        from_agent: from.into(),
+                        to_agent: to.into(),
+                        to_version: 1,
+                        turn_id: None,
+                        by: format!("racer {h}"),
+                        reason: None,
+                        before: vec![],
+                    };
+                    match store.handover(req).await {
+                        Ok(_) => handed.fetch_add(1, Ordering::SeqCst),
+                        Err(StoreError::PreconditionFailed(_)) => refused.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => panic!("{e}"),
+                    };
+                }
+            }));
+        }
+        {
+            let (store, id) = (store.clone(), id.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..20 {
+                    store.append(client(&id, vec![submit(&TurnId::generate(), None)])).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (handed, refused, stale) = (handed.load(Ordering::SeqCst), refused.load(Ordering::SeqCst), stale.load(Ordering::SeqCst));
+        assert!(
+            handed > 0 && refused > 0 && stale > 0,
+            "run {run}: the race did not happen ({handed} handed, {refused} refused, {stale} stale)"
+        );
+
+        let (mut agent, mut current, mut accepted, mut handoffs) = ("a".to_owned(), token, 0, 0);
+        for e in store.read_events(&id, 0, 100_000).await.unwrap() {
+            match &e.body.data {
+                EventData::HandoffCompleted { from_agent, to_agent, .. } => {
+                    assert_eq!(from_agent, &agent, "run {run}: seq {} handed over from an agent not in control", e.seq());
+                    agent = to_agent.clone();
+                    handoffs += 1;
+                }
+                EventData::LeaseTransferred { old_token, new_token, .. } => {
+                    assert_eq!((*old_token, *new_token), (current, current + 1), "run {run}: seq {}", e.seq());
+                    current = *new_token;
+                }
+                EventData::Message { content, .. } => {
+                    assert_eq!(content, &format!("token {current}"), "run {run}: seq {} was written with a stale token", e.seq());
+                    accepted += 1;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(handoffs, handed, "run {run}: one handoff.completed per accepted handover");
+        assert_eq!(store.get_session(&id).await.unwrap().unwrap().agent, agent);
+        assert!(accepted > 0);
+    }
+}
