@@ -203,7 +203,18 @@ async fn a_fan_out_of_ten_gets_every_outcome_one_failed_and_one_timed_out() {
     assert!(results[8]["error"].as_str().unwrap().contains("AGENTRT_TEST_NO_SUCH_KEY"), "{}", results[8]);
     assert_eq!(results[9]["status"], "timed_out", "{}", results[9]);
 
-    // Children are linked to the parent; the one that timed out was cancelled.
+    let completed = of_type(&events, "delegate.completed");
+    let statuses: Vec<&str> = completed[0]["outcomes"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "completed").count(), 8, "{statuses:?}");
+
+    // Children are linked to the parent, and their turns continue its trace.
+    let trace_of = |events: &[Value]| -> String {
+        let tp = of_type(events, "turn.submitted")[0]["traceparent"].as_str().unwrap().to_owned();
+        tp.split('-').nth(1).unwrap().to_owned()
+    };
+    let first_child = results[0]["session_id"].as_str().unwrap();
+    assert_eq!(trace_of(&server.events(first_child).await), trace_of(&events));
+    // The one that timed out was cancelled.
     let sleeper = results[9]["session_id"].as_str().unwrap();
     let child = server.get(&format!("/v1/sessions/{sleeper}")).await;
     assert_eq!(child["metadata"]["parent_session"], session.as_str(), "{child}");

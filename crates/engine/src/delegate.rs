@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_tools::ToolError;
-use agentrt_types::event::DelegatedTask;
+use agentrt_types::event::{DelegateOutcome, DelegatedTask};
 use agentrt_types::{EventData, SessionId, TurnId, TurnStatus};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
@@ -47,6 +47,8 @@ pub(crate) struct Delegation<'a> {
     pub call_id: &'a str,
     pub key: &'a str,
     pub allowed: &'a [String],
+    /// The call's trace context: children's turns continue its trace.
+    pub traceparent: Option<String>,
 }
 
 /// Runs the sub-tasks and answers `{"results": [...]}`, one per task in order.
@@ -66,8 +68,12 @@ pub(crate) async fn run(inner: &Arc<Inner>, d: Delegation<'_>, args: &Value) -> 
 
     let mut turns = Vec::with_capacity(children.len());
     for (child, task) in children.iter().zip(&args.tasks) {
-        let submit =
-            SubmitTurn { input: task.input.clone(), on_busy: OnBusy::Queue, idempotency_key: Some(d.key.to_owned()), traceparent: None };
+        let submit = SubmitTurn {
+            input: task.input.clone(),
+            on_busy: OnBusy::Queue,
+            idempotency_key: Some(d.key.to_owned()),
+            traceparent: d.traceparent.clone(),
+        };
         let (turn, _) = engine.submit_turn(&child.session_id, submit).await.map_err(failed)?;
         turns.push(turn.turn_id);
     }
@@ -99,6 +105,14 @@ pub(crate) async fn run(inner: &Arc<Inner>, d: Delegation<'_>, args: &Value) -> 
             *slot = Some(json!({"agent": children[i].agent, "session_id": children[i].session_id, "status": why}));
         }
     }
+    let outcomes: Vec<DelegateOutcome> = results
+        .iter()
+        .flatten()
+        .zip(&children)
+        .map(|(r, c)| DelegateOutcome { session_id: c.session_id.clone(), status: r["status"].as_str().unwrap_or_default().to_owned() })
+        .collect();
+    let completed = EventData::DelegateCompleted { turn_id: d.turn.clone(), call_id: d.call_id.to_owned(), outcomes };
+    engine.client_append(d.parent, None, vec![completed.into()]).await.map_err(failed)?;
     Ok(json!({"results": results}))
 }
 

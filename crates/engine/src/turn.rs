@@ -473,7 +473,7 @@ impl TurnRun {
             let agent = self.agent.clone().expect("agent loaded");
             let ctx = ToolContext { sandbox: self.inner.sandbox_for(&self.session, agent.version.spec.sandbox.as_ref()), ..ctx };
             let (inner, tenant, tenant_rate) = (self.inner.clone(), self.tenant.clone(), self.tenant_rate);
-            let (parent, turn_id) = (self.session.clone(), self.turn.turn_id.clone());
+            let (parent, turn_id, parent_trace) = (self.session.clone(), self.turn.turn_id.clone(), self.turn.traceparent.clone());
             pending.push(async move {
                 let started = Instant::now();
                 let wait = agent.router.rate_limit_wait();
@@ -487,6 +487,8 @@ impl TurnRun {
                             call_id: &call.call.id,
                             key: &call.idempotency_key,
                             allowed: &agent.version.spec.agents.delegate,
+                            // Without a tracer the call's span has no context: continue the turn's trace.
+                            traceparent: ctx.traceparent.clone().or(parent_trace),
                         };
                         let result = crate::delegate::run(&inner, d, &call.call.arguments).instrument(span.clone()).await;
                         agentrt_tools::router::RoutedCall { result, attempts: 1, breaker_changes: vec![] }

@@ -128,6 +128,13 @@ pub struct DelegatedTask {
     pub session_id: SessionId,
 }
 
+/// How one delegated sub-task ended: `completed`, `failed`, `cancelled` or `timed_out`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DelegateOutcome {
+    pub session_id: SessionId,
+    pub status: String,
+}
+
 /// The typed payload of an event; `type` names it on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -353,6 +360,10 @@ pub enum EventData {
     /// runs in the child session named here.
     #[serde(rename = "delegate.started")]
     DelegateStarted { turn_id: TurnId, call_id: String, children: Vec<DelegatedTask> },
+    /// The sub-tasks of an `agents.delegate` call ended (or were given up
+    /// on): each child's status. Their outputs are in the call's result.
+    #[serde(rename = "delegate.completed")]
+    DelegateCompleted { turn_id: TurnId, call_id: String, outcomes: Vec<DelegateOutcome> },
     /// Assistant output shown to the user.
     #[serde(rename = "message")]
     Message { turn_id: TurnId, content: String },
@@ -396,6 +407,7 @@ impl EventData {
             EventData::HandoffCompleted { .. } => "handoff.completed",
             EventData::LeaseTransferred { .. } => "lease.transferred",
             EventData::DelegateStarted { .. } => "delegate.started",
+            EventData::DelegateCompleted { .. } => "delegate.completed",
             EventData::Message { .. } => "message",
             EventData::TurnCompleted { .. } => "turn.completed",
             EventData::TurnFailed { .. } => "turn.failed",
@@ -433,6 +445,7 @@ impl EventData {
             | EventData::BudgetResumed { turn_id }
             | EventData::BudgetOverridden { turn_id, .. }
             | EventData::DelegateStarted { turn_id, .. }
+            | EventData::DelegateCompleted { turn_id, .. }
             | EventData::Message { turn_id, .. }
             | EventData::TurnCompleted { turn_id, .. }
             | EventData::TurnFailed { turn_id, .. }
