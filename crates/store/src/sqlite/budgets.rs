@@ -1,7 +1,8 @@
 //! Budgets and the spend they are checked against. Turn and session spend
 //! come from the turn and session folds; day and month spend from
 //! `spend_daily`, one row per tenant, agent and UTC day, kept in step with
-//! the log in the same transaction as the events that spend. The check runs
+//! the log in the same transaction as the events that spend, for tenants
+//! that have at least one budget (from the moment they have one). The check runs
 //! inside the writer's transaction, so two appends can never both take the
 //! last of a budget.
 

@@ -49,6 +49,9 @@ pub fn apply(tx: &Transaction<'_>, session: &SessionSummary, event: &Event) -> R
 /// counted toward its tenant's day and month budgets.
 pub fn record(tx: &Transaction<'_>, r: &UsageRecord) -> Result<(), StoreError> {
     insert(tx, r)?;
+    if !super::budgets::tenant_has_any(tx, &r.tenant)? {
+        return Ok(());
+    }
     let spend = agentrt_types::Spend { tokens: r.input_tokens + r.output_tokens, cost_usd: r.cost_usd, ..Default::default() };
     super::budgets::add_daily(tx, &r.tenant, &r.agent, r.ts_ms, &spend)
 }

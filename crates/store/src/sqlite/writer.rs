@@ -346,7 +346,10 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
     for e in &req.events {
         spend.add(Spend::of(&e.data));
     }
-    if spend.steps > 0 {
+    // Tenants without budgets skip budget work (one indexed lookup): their
+    // day and month spend is not kept, which keeps their commits small.
+    let budgeted = !spend.is_zero() && super::budgets::tenant_has_any(tx, &row.summary.tenant)?;
+    if budgeted && spend.steps > 0 {
         check_budgets(tx, &row.summary, &req.events, &spend, ts)?;
     }
     let mut out = Vec::with_capacity(req.events.len());
@@ -361,7 +364,9 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
         row.last_hash = event.hash.clone();
         out.push(event);
     }
-    super::budgets::add_daily(tx, &row.summary.tenant, &row.summary.agent, ts, &spend)?;
+    if budgeted {
+        super::budgets::add_daily(tx, &row.summary.tenant, &row.summary.agent, ts, &spend)?;
+    }
     tx.prepare_cached("UPDATE sessions SET status = ?2, summary = ?3, last_seq = ?4, last_hash = ?5 WHERE id = ?1")
         .map_err(db)?
         .execute(params![id.as_str(), row.summary.status.as_str(), to_json(&row.summary)?, row.summary.last_seq as i64, row.last_hash])
@@ -425,10 +430,6 @@ pub fn handover(tx: &Transaction<'_>, req: HandoverRequest) -> Result<(Vec<Event
 /// Refuses an append that starts model or tool calls a budget does not
 /// allow; `spend` is what the append adds.
 fn check_budgets(tx: &Transaction<'_>, session: &SessionSummary, events: &[NewEvent], spend: &Spend, ts: i64) -> Result<(), StoreError> {
-    // The common case, a tenant without budgets, costs one indexed lookup.
-    if !super::budgets::tenant_has_any(tx, &session.tenant)? {
-        return Ok(());
-    }
     let turn = match events.iter().find_map(|e| e.data.turn_id()) {
         Some(t) => read_turn(tx, &session.id, t)?,
         None => None,
