@@ -7,9 +7,8 @@
 //! a `gateway.called` event in the session's log). A call that a budget
 //! refuses is answered 429 `budget_exceeded`, naming the budget.
 
-use agentrt_engine::budgets::GatewayCall;
 use agentrt_gateway::{CallRecord, GatewayError, Reply};
-use agentrt_types::{Principal, Usage};
+use agentrt_types::Principal;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -89,16 +88,7 @@ fn record_usage(s: &AppState, caller: &Principal, record: impl std::future::Futu
 
 async fn save_usage(s: &AppState, caller: &Principal, record: CallRecord) {
     let route = record.route.clone();
-    let call = GatewayCall {
-        route: record.route,
-        provider: record.provider,
-        model: record.model,
-        usage: Usage { input_tokens: record.input_tokens, output_tokens: record.output_tokens, cached_tokens: record.cached_tokens },
-        cost_usd: record.cost_usd,
-        latency_us: record.latency_us,
-        estimated: record.estimated,
-    };
-    if let Err(e) = s.engine.record_gateway_call(caller, call).await {
+    if let Err(e) = s.engine.record_gateway_call(caller, record).await {
         tracing::error!(error = %e, route = %route, "could not record a gateway call's usage");
     }
 }

@@ -2,10 +2,11 @@
 //! turns they paused when they are raised, removed or overridden. The check
 //! itself runs in the store, inside the append that starts a call.
 
+use agentrt_gateway::CallRecord;
 use agentrt_store::{Precondition, SessionFilter, StoreError, UsageRecord};
 use agentrt_types::time::now_ms;
 use agentrt_types::{
-    Budget, BudgetBreach, BudgetId, BudgetMetric, BudgetPeriod, BudgetScope, EventData, Principal, SessionId, SessionStatus, Spend, Usage,
+    Budget, BudgetBreach, BudgetId, BudgetMetric, BudgetPeriod, BudgetScope, EventData, Principal, SessionId, SessionStatus, Usage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,17 +37,6 @@ pub struct BudgetView {
     pub budget: Budget,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spent: Option<f64>,
-}
-
-/// A gateway call to record, made with a session's credential or a key.
-pub struct GatewayCall {
-    pub route: String,
-    pub provider: String,
-    pub model: String,
-    pub usage: Usage,
-    pub cost_usd: f64,
-    pub latency_us: u64,
-    pub estimated: bool,
 }
 
 impl Engine {
@@ -179,10 +169,18 @@ impl Engine {
 
     /// Records a gateway call: in the session's log (`gateway.called`) for
     /// a session credential, as the key's usage otherwise.
-    pub async fn record_gateway_call(&self, caller: &Principal, call: GatewayCall) -> Result<(), EngineError> {
+    pub async fn record_gateway_call(&self, caller: &Principal, call: CallRecord) -> Result<(), EngineError> {
         if let Principal::Session { session_id, .. } = caller {
-            let GatewayCall { route, provider, model, usage, cost_usd, latency_us, estimated } = call;
-            let event = EventData::GatewayCalled { route, provider, model, usage, cost_usd, latency_us, estimated };
+            let usage = Usage { input_tokens: call.input_tokens, output_tokens: call.output_tokens, cached_tokens: call.cached_tokens };
+            let event = EventData::GatewayCalled {
+                route: call.route,
+                provider: call.provider,
+                model: call.model,
+                usage,
+                cost_usd: call.cost_usd,
+                latency_us: call.latency_us,
+                estimated: call.estimated,
+            };
             self.client_append(session_id, None, vec![event.into()]).await?;
             return Ok(());
         }
@@ -200,9 +198,9 @@ impl Engine {
             route: call.route,
             provider: call.provider,
             model: call.model,
-            input_tokens: call.usage.input_tokens,
-            output_tokens: call.usage.output_tokens,
-            cached_tokens: call.usage.cached_tokens,
+            input_tokens: call.input_tokens,
+            output_tokens: call.output_tokens,
+            cached_tokens: call.cached_tokens,
             cost_usd: call.cost_usd,
             latency_us: call.latency_us,
             estimated: call.estimated,
@@ -211,16 +209,11 @@ impl Engine {
     }
 
     async fn view(&self, budget: Budget) -> Result<BudgetView, EngineError> {
-        let spent = match (budget.period, budget.scope) {
-            (BudgetPeriod::Turn | BudgetPeriod::Session, _) => None,
-            (period, BudgetScope::Agent) => Some(self.spend(&budget.tenant, budget.target.as_deref(), period).await?),
-            (period, _) => Some(self.spend(&budget.tenant, None, period).await?),
+        let spent = match budget.period {
+            BudgetPeriod::Turn | BudgetPeriod::Session => None,
+            period => Some(self.inner.store.period_spend(&budget.tenant, budget.counted_agent(), period).await?.get(budget.metric)),
         };
-        Ok(BudgetView { spent: spent.map(|s| s.get(budget.metric)), budget })
-    }
-
-    async fn spend(&self, tenant: &str, agent: Option<&str>, period: BudgetPeriod) -> Result<Spend, EngineError> {
-        Ok(self.inner.store.period_spend(tenant, agent, period).await?)
+        Ok(BudgetView { spent, budget })
     }
 
     /// Gives every turn of the tenant paused by a budget another look.

@@ -1,11 +1,12 @@
 //! `agents.delegate`: sub-tasks run by other agents, each in a child session
 //! of its own, in parallel; the call's result lists every outcome.
 //!
-//! The children are recorded in the parent's key-value store under the
-//! call's idempotency key before their turns are submitted (with that key),
-//! so a call made again after a crash finds the same children and waits for
-//! them instead of starting new ones. Cancelling the parent's turn, or
-//! terminating the parent, cancels the children's turns.
+//! The children are recorded in the parent's log (`delegate.started`)
+//! before their turns are submitted (with the call's idempotency key), so a
+//! call made again after a crash finds the same children there and waits
+//! for them instead of starting new ones; a crash before that leaves only
+//! child sessions without turns. Cancelling the parent's turn, or
+//! terminating the parent, cancels the turns of the children its log names.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,8 @@ use serde_json::{json, Value};
 
 use crate::{Engine, Inner, OnBusy, SubmitTurn};
 
-/// Key of the parent's list of child sessions in its key-value store.
-const CHILDREN_KEY: &str = "agents.children";
+/// Events read per page when looking for a session's children.
+const PAGE: usize = 1000;
 /// Sub-tasks not done by then are cancelled, unless the call says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -118,10 +119,9 @@ pub(crate) async fn run(inner: &Arc<Inner>, d: Delegation<'_>, args: &Value) -> 
 
 /// The call's child sessions: found again after a crash, made otherwise.
 async fn children(engine: &Engine, d: &Delegation<'_>, tasks: &[Task]) -> Result<Vec<DelegatedTask>, ToolError> {
-    let store = &engine.inner.store;
-    let key = format!("agents.delegate:{}", d.key);
-    if let Some(known) = store.kv_get(d.parent, &key).await.map_err(failed)? {
-        return serde_json::from_value(known).map_err(|e| ToolError::Failed(format!("stored children: {e}")));
+    let started = delegations(engine, d.parent).await.map_err(failed)?;
+    if let Some((_, _, known)) = started.into_iter().find(|(turn, call, _)| turn == d.turn && call == d.call_id) {
+        return Ok(known);
     }
     let mut children = Vec::with_capacity(tasks.len());
     for task in tasks {
@@ -129,16 +129,29 @@ async fn children(engine: &Engine, d: &Delegation<'_>, tasks: &[Task]) -> Result
         let child = engine.create_session(d.tenant, &task.agent, None, metadata).await.map_err(failed)?;
         children.push(DelegatedTask { agent: task.agent.clone(), session_id: child.id });
     }
-    store.kv_set(d.parent, &key, &json!(children)).await.map_err(failed)?;
-    let mut all: Vec<SessionId> = match store.kv_get(d.parent, CHILDREN_KEY).await.map_err(failed)? {
-        Some(v) => serde_json::from_value(v).unwrap_or_default(),
-        None => vec![],
-    };
-    all.extend(children.iter().map(|c| c.session_id.clone()));
-    store.kv_set(d.parent, CHILDREN_KEY, &json!(all)).await.map_err(failed)?;
     let started = EventData::DelegateStarted { turn_id: d.turn.clone(), call_id: d.call_id.to_owned(), children: children.clone() };
     engine.client_append(d.parent, None, vec![started.into()]).await.map_err(failed)?;
     Ok(children)
+}
+
+/// Every `delegate.started` of a session's log: turn, call and children.
+async fn delegations(engine: &Engine, id: &SessionId) -> Result<Vec<(TurnId, String, Vec<DelegatedTask>)>, crate::EngineError> {
+    let mut found = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = engine.inner.store.read_events(id, after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq();
+        for e in &page {
+            if let EventData::DelegateStarted { turn_id, call_id, children } = &e.body.data {
+                found.push((turn_id.clone(), call_id.clone(), children.clone()));
+            }
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 fn outcome(child: &DelegatedTask, turn: &agentrt_types::TurnSummary) -> Value {
@@ -160,9 +173,8 @@ impl Engine {
     pub(crate) async fn cancel_children(&self, parent: &SessionId) {
         let mut parents = vec![parent.clone()];
         while let Some(p) = parents.pop() {
-            let Ok(Some(list)) = self.inner.store.kv_get(&p, CHILDREN_KEY).await else { continue };
-            let children: Vec<SessionId> = serde_json::from_value(list).unwrap_or_default();
-            for child in children {
+            let Ok(started) = delegations(self, &p).await else { continue };
+            for child in started.into_iter().flat_map(|(_, _, children)| children).map(|c| c.session_id) {
                 for turn in self.inner.store.unfinished_turns(&child).await.unwrap_or_default() {
                     if !turn.cancel_requested {
                         let _ = self.request_cancel(&child, &turn.turn_id, "parent cancelled").await;

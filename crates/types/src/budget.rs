@@ -119,6 +119,30 @@ impl Budget {
         None
     }
 
+    /// The agent whose day or month spend this budget counts: its target
+    /// for an agent budget; `None` (every agent) otherwise.
+    pub fn counted_agent(&self) -> Option<&str> {
+        match self.scope {
+            BudgetScope::Agent => self.target.as_deref(),
+            BudgetScope::Tenant | BudgetScope::Session => None,
+        }
+    }
+
+    /// This budget refusing a call, with `spent` in its period at `now_ms`.
+    pub fn breach(&self, spent: f64, now_ms: i64) -> BudgetBreach {
+        BudgetBreach {
+            budget_id: self.id.clone(),
+            scope: self.scope,
+            target: self.target.clone(),
+            metric: self.metric,
+            period: self.period,
+            limit: self.limit,
+            spent,
+            over_by: (spent - self.limit).max(0.0),
+            resets_ms: period_end_ms(self.period, now_ms),
+        }
+    }
+
     /// Whether this budget applies to a session of `agent` with id `session`.
     pub fn applies_to(&self, agent: &str, session: &str) -> bool {
         match self.scope {

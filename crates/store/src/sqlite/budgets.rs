@@ -6,7 +6,7 @@
 //! inside the writer's transaction, so two appends can never both take the
 //! last of a budget.
 
-use agentrt_types::budget::{month_start_day, period_end_ms};
+use agentrt_types::budget::month_start_day;
 use agentrt_types::{Budget, BudgetBreach, BudgetId, BudgetPeriod, BudgetScope, SessionSummary, Spend, TurnSummary};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -158,23 +158,12 @@ pub fn breach(conn: &Connection, who: &Spender<'_>, adding: &Spend, now_ms: i64)
                 Some(s) => s.spend,
                 None => continue,
             },
-            (period, BudgetScope::Agent) => period_spend(conn, who.tenant, b.target.as_deref(), period, now_ms)?,
-            (period, _) => period_spend(conn, who.tenant, None, period, now_ms)?,
+            (period, _) => period_spend(conn, who.tenant, b.counted_agent(), period, now_ms)?,
         };
         let (adding, spent) = (adding.get(b.metric), before.get(b.metric) + adding.get(b.metric));
         let refused = if b.metric.counted_at_start() { adding > 0.0 && spent > b.limit } else { spent >= b.limit };
         if refused {
-            return Ok(Some(BudgetBreach {
-                budget_id: b.id.clone(),
-                scope: b.scope,
-                target: b.target.clone(),
-                metric: b.metric,
-                period: b.period,
-                limit: b.limit,
-                spent,
-                over_by: (spent - b.limit).max(0.0),
-                resets_ms: period_end_ms(b.period, now_ms),
-            }));
+            return Ok(Some(b.breach(spent, now_ms)));
         }
     }
     Ok(None)
