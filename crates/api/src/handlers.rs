@@ -181,6 +181,9 @@ pub struct SubmitTurnBody {
     input: String,
     #[serde(default)]
     on_busy: OnBusy,
+    /// Lend the session to another agent for this turn (operators only).
+    #[serde(default)]
+    borrow: Option<agentrt_types::event::BorrowTerms>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +202,7 @@ fn wait_duration(q: &WaitQuery) -> Result<Option<Duration>, ApiError> {
 
 pub async fn submit_turn(
     State(s): State<AppState>,
+    caller: Caller,
     TenantSession(id, _): TenantSession,
     QueryArgs(q): QueryArgs<WaitQuery>,
     headers: HeaderMap,
@@ -213,7 +217,10 @@ pub async fn submit_turn(
     };
     // An invalid traceparent is ignored, as W3C trace context asks.
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let submit = SubmitTurn { input: body.input, on_busy: body.on_busy, idempotency_key, traceparent };
+    if body.borrow.is_some() {
+        caller.require(Role::Operator)?;
+    }
+    let submit = SubmitTurn { input: body.input, on_busy: body.on_busy, idempotency_key, traceparent, borrow: body.borrow };
     let (mut turn, created) = s.engine.submit_turn(&id, submit).await?;
     if let Some(wait) = wait {
         turn = s.engine.wait_turn(&id, &turn.turn_id, wait).await?;

@@ -48,8 +48,9 @@ pub async fn register_loop_agent(engine: &Engine, tool_calls: u32) -> anyhow::Re
 }
 
 async fn run_turn(engine: &Engine, id: &SessionId) -> anyhow::Result<()> {
-    let (turn, _) =
-        engine.submit_turn(id, SubmitTurn { input: "go".into(), on_busy: OnBusy::Queue, idempotency_key: None, traceparent: None }).await?;
+    let (turn, _) = engine
+        .submit_turn(id, SubmitTurn { input: "go".into(), on_busy: OnBusy::Queue, idempotency_key: None, traceparent: None, borrow: None })
+        .await?;
     let done = engine.wait_turn(id, &turn.turn_id, Duration::from_secs(600)).await?;
     if done.status.as_str() != "completed" {
         return Err(anyhow!("turn ended {}: {:?}", done.status.as_str(), done.error));
@@ -66,7 +67,10 @@ pub async fn step_overhead(rig: &Rig, tool_calls: u32, turns: usize) -> anyhow::
         let mut rx = rig.engine.subscribe(&session.id);
         let (turn, _) = rig
             .engine
-            .submit_turn(&session.id, SubmitTurn { input: "go".into(), on_busy: OnBusy::Queue, idempotency_key: None, traceparent: None })
+            .submit_turn(
+                &session.id,
+                SubmitTurn { input: "go".into(), on_busy: OnBusy::Queue, idempotency_key: None, traceparent: None, borrow: None },
+            )
             .await?;
         let mut last: Option<Instant> = None;
         loop {
@@ -163,8 +167,13 @@ pub async fn append_latency(rig: &Rig, appends: usize) -> anyhow::Result<Stats> 
     let store = rig.engine.store().clone();
     let mut samples = Vec::with_capacity(appends);
     for _ in 0..appends {
-        let event =
-            EventData::TurnSubmitted { turn_id: TurnId::generate(), input: "probe".into(), idempotency_key: None, traceparent: None };
+        let event = EventData::TurnSubmitted {
+            turn_id: TurnId::generate(),
+            input: "probe".into(),
+            idempotency_key: None,
+            traceparent: None,
+            borrow: None,
+        };
         let req = AppendRequest { session_id: session.id.clone(), fence: Fence::Client, precondition: None, events: vec![event.into()] };
         let started = Instant::now();
         store.append(req).await?;

@@ -156,8 +156,8 @@ impl Store for TimedStore {
     async fn gateway_breach(&self, tenant: &str, session: Option<&SessionId>) -> Result<Option<BudgetBreach>, StoreError> {
         self.inner.gateway_breach(tenant, session).await
     }
-    async fn handover(&self, request: agentrt_store::HandoverRequest) -> Result<(Vec<Event>, u64), StoreError> {
-        self.inner.handover(request).await
+    async fn transfer(&self, request: agentrt_store::TransferRequest) -> Result<(Vec<Event>, u64), StoreError> {
+        self.inner.transfer(request).await
     }
     async fn setting_or_init(&self, key: &str, init: &str) -> Result<String, StoreError> {
         self.inner.setting_or_init(key, init).await

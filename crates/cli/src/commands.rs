@@ -90,6 +90,16 @@ pub enum SessionCommand {
         on_busy: String,
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Lend the session to this agent for the turn: it answers, then
+        /// control comes back (operators only).
+        #[arg(long, value_name = "AGENT")]
+        borrow: Option<String>,
+        /// With --borrow: model and tool calls the borrower may make.
+        #[arg(long, requires = "borrow")]
+        max_steps: Option<u32>,
+        /// With --borrow: seconds the borrower has.
+        #[arg(long, requires = "borrow")]
+        timeout: Option<u64>,
     },
     /// Print a session's events.
     Events {
@@ -208,9 +218,13 @@ pub async fn session(ctx: &Ctx, cmd: SessionCommand) -> anyhow::Result<ExitCode>
                 }
             });
         }
-        SessionCommand::Send { id, text, follow, on_busy, idempotency_key } => {
+        SessionCommand::Send { id, text, follow, on_busy, idempotency_key, borrow, max_steps, timeout } => {
             let after = if follow { c.get(&format!("/v1/sessions/{id}")).await?["last_seq"].as_u64().unwrap_or(0) } else { 0 };
-            let mut req = c.request(Method::POST, &format!("/v1/sessions/{id}/turns")).json(&json!({"input": text, "on_busy": on_busy}));
+            let mut body = json!({"input": text, "on_busy": on_busy});
+            if let Some(agent) = borrow {
+                body["borrow"] = json!({"agent": agent, "max_steps": max_steps, "timeout_seconds": timeout});
+            }
+            let mut req = c.request(Method::POST, &format!("/v1/sessions/{id}/turns")).json(&body);
             if let Some(k) = idempotency_key {
                 req = req.header("idempotency-key", k);
             }

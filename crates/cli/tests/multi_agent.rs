@@ -156,12 +156,13 @@ name = "nap"
 url = "COUNTER/nap"
 "#;
 
-fn boss(tasks: &str, timeout: u64) -> String {
+/// Delegates `tasks` (TOML) with `timeout_seconds = timeout` and `more` arguments.
+fn boss(tasks: &str, timeout: u64, more: &str) -> String {
     format!(
         r#"
 [model]
 provider = "scripted"
-script = [{{ tool_calls = [{{ name = "agents.delegate", arguments = {{ tasks = [{tasks}], timeout_seconds = {timeout} }} }}] }}, {{ text = "all back" }}]
+script = [{{ tool_calls = [{{ name = "agents.delegate", arguments = {{ tasks = [{tasks}], timeout_seconds = {timeout}{more} }} }}] }}, {{ text = "all back" }}]
 [agents]
 delegate = ["worker", "failer", "sleeper"]
 "#
@@ -184,7 +185,7 @@ async fn a_fan_out_of_ten_gets_every_outcome_one_failed_and_one_timed_out() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     team(&server, &counter).await;
-    server.apply("boss", &boss(&tasks.join(", "), 3)).await;
+    server.apply("boss", &boss(&tasks.join(", "), 3, "")).await;
     let session = server.session("boss").await;
     let turn = server.submit(&session, "split the work").await;
     let t = server.wait_turn(&session, &turn).await;
@@ -231,7 +232,7 @@ async fn cancelling_the_parent_cancels_its_children() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     team(&server, &counter).await;
-    server.apply("boss", &boss("{ agent = \"sleeper\", input = \"sleep\" }", 600)).await;
+    server.apply("boss", &boss("{ agent = \"sleeper\", input = \"sleep\" }", 600, "")).await;
     let session = server.session("boss").await;
     let turn = server.submit(&session, "go").await;
     counter.wait_for("nap").await;
@@ -244,5 +245,25 @@ async fn cancelling_the_parent_cancels_its_children() {
     let child_turn = of_type(&child_events, "turn.submitted")[0]["turn_id"].as_str().unwrap().to_owned();
     let t = server.wait_turn(&child, &child_turn).await;
     assert_eq!(t["status"], "cancelled", "the child's turn is cancelled with its parent's: {t}");
+    counter.release();
+}
+
+#[tokio::test]
+async fn waiting_for_the_first_n_cancels_the_rest() {
+    let counter = Counter::start().await;
+    counter.hold("nap");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    team(&server, &counter).await;
+    let tasks = r#"{ agent = "sleeper", input = "sleep" }, { agent = "worker", input = "a" }, { agent = "worker", input = "b" }"#;
+    server.apply("boss", &boss(tasks, 600, ", first = 2")).await;
+    let session = server.session("boss").await;
+    let turn = server.submit(&session, "go").await;
+    let t = server.wait_turn(&session, &turn).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let events = server.events(&session).await;
+    let result = events.iter().find(|e| e["type"] == "tool.completed" && e["tool"] == "agents.delegate").unwrap();
+    let statuses: Vec<&str> = result["output"]["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["cancelled", "completed", "completed"], "{result}");
     counter.release();
 }

@@ -30,6 +30,9 @@ struct Args {
     tasks: Vec<Task>,
     #[serde(default)]
     wait: Option<String>,
+    /// Wait for this many sub-tasks to end, not all.
+    #[serde(default)]
+    first: Option<usize>,
     #[serde(default)]
     timeout_seconds: Option<u64>,
 }
@@ -59,10 +62,14 @@ pub(crate) async fn run(inner: &Arc<Inner>, d: Delegation<'_>, args: &Value) -> 
     if let Some(t) = args.tasks.iter().find(|t| !d.allowed.contains(&t.agent)) {
         return Err(ToolError::InvalidArguments(format!("this agent may delegate only to: {} (not {:?})", d.allowed.join(", "), t.agent)));
     }
-    let first_only = match args.wait.as_deref() {
-        None | Some("all") => false,
-        Some("first") => true,
-        Some(other) => return Err(ToolError::InvalidArguments(format!("wait must be \"all\" or \"first\", not {other:?}"))),
+    let wanted = match (args.wait.as_deref(), args.first) {
+        (None | Some("all"), None) => args.tasks.len(),
+        (None | Some("first"), Some(n)) if (1..=args.tasks.len()).contains(&n) => n,
+        (Some("first"), None) => 1,
+        (_, Some(n)) => {
+            return Err(ToolError::InvalidArguments(format!("first must be 1 to {} (the number of tasks), not {n}", args.tasks.len())))
+        }
+        (Some(other), None) => return Err(ToolError::InvalidArguments(format!("wait must be \"all\" or \"first\", not {other:?}"))),
     };
     let timeout = args.timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     let children = children(&engine, &d, &args.tasks).await?;
@@ -74,6 +81,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, d: Delegation<'_>, args: &Value) -> 
             on_busy: OnBusy::Queue,
             idempotency_key: Some(d.key.to_owned()),
             traceparent: d.traceparent.clone(),
+            borrow: None,
         };
         let (turn, _) = engine.submit_turn(&child.session_id, submit).await.map_err(failed)?;
         turns.push(turn.turn_id);
@@ -88,18 +96,20 @@ pub(crate) async fn run(inner: &Arc<Inner>, d: Delegation<'_>, args: &Value) -> 
         })
         .collect();
     let mut results: Vec<Option<Value>> = vec![None; children.len()];
-    while let Some((i, ended)) = waiting.next().await {
-        let turn = ended.map_err(failed)?;
+    let mut ended = 0;
+    while let Some((i, done)) = waiting.next().await {
+        let turn = done.map_err(failed)?;
         if turn.status.is_final() {
             results[i] = Some(outcome(&children[i], &turn));
-            if first_only {
+            ended += 1;
+            if ended == wanted {
                 break;
             }
         }
     }
     drop(waiting);
-    // What is not done is cancelled: past the deadline, or after the first.
-    let why = if first_only { "cancelled" } else { "timed_out" };
+    // What is not done is cancelled: past the deadline, or once enough ended.
+    let why = if ended == wanted { "cancelled" } else { "timed_out" };
     for (i, slot) in results.iter_mut().enumerate() {
         if slot.is_none() {
             let _ = engine.cancel_turn(&children[i].session_id, &turns[i]).await;

@@ -9,11 +9,17 @@
 //!
 //! A client hands over through the API; an agent through the
 //! `agents.handover` tool, whose result is part of the same transaction.
+//! Loans of a session (borrow) pass control the same way; see
+//! `crate::turn::borrow`.
 
-use agentrt_store::{Fence, HandoverRequest, StoreError};
-use agentrt_types::{Event, Principal, SessionId, SessionSummary, TurnId};
+use agentrt_store::{Fence, Precondition, StoreError, TransferRequest};
+use agentrt_types::event::BorrowTerms;
+use agentrt_types::{Event, EventData, Principal, SessionId, SessionSummary, TurnId};
 
 use crate::{executor, Engine, EngineError, Inner};
+
+/// Longest loan a client may ask for.
+pub const MAX_LOAN_SECONDS: u64 = 86_400;
 
 /// Who hands a session over, to whom.
 pub(crate) struct Handover<'a> {
@@ -21,6 +27,7 @@ pub(crate) struct Handover<'a> {
     pub tenant: &'a str,
     pub fence: Fence,
     pub from_agent: &'a str,
+    pub from_version: u32,
     pub to_agent: &'a str,
     pub turn_id: Option<TurnId>,
     pub by: String,
@@ -40,22 +47,41 @@ pub(crate) async fn hand_over(inner: &Inner, h: Handover<'_>) -> Result<(Vec<Eve
         .get_agent(h.tenant, h.to_agent, None)
         .await?
         .ok_or_else(|| EngineError::NotFound(format!("agent {:?} not found", h.to_agent)))?;
-    let request = HandoverRequest {
+    let mut events = h.before;
+    events.push(
+        EventData::HandoffCompleted {
+            turn_id: h.turn_id.clone(),
+            from_agent: h.from_agent.to_owned(),
+            from_version: h.from_version,
+            to_agent: h.to_agent.to_owned(),
+            to_version: target.version,
+            by: h.by,
+            reason: h.reason,
+        }
+        .into(),
+    );
+    let request = TransferRequest {
         session_id: h.session.clone(),
         fence: h.fence,
+        precondition: Precondition::Owns(h.from_agent.to_owned()),
         from_agent: h.from_agent.to_owned(),
         to_agent: h.to_agent.to_owned(),
-        to_version: target.version,
         turn_id: h.turn_id,
-        by: h.by,
-        reason: h.reason,
-        before: h.before,
+        events,
     };
-    let (events, token) = inner.store.handover(request).await.map_err(|e| match e {
+    transfer(inner, request).await
+}
+
+/// Passes control of a session (see [`TransferRequest`]) and publishes
+/// the events; a failed precondition is a `Conflict`.
+pub(crate) async fn transfer(inner: &Inner, request: TransferRequest) -> Result<(Vec<Event>, u64), EngineError> {
+    let (session, agent) = (request.session_id.clone(), request.from_agent.clone());
+    let (events, token) = inner.store.transfer(request).await.map_err(|e| match e {
         StoreError::PreconditionFailed(m) => EngineError::Conflict(m),
         other => other.into(),
     })?;
-    inner.hub.publish(h.session, &events);
+    inner.metrics.observe(&events, &agent, "");
+    inner.hub.publish(&session, &events);
     Ok((events, token))
 }
 
@@ -81,6 +107,7 @@ impl Engine {
             tenant: &session.tenant,
             fence: Fence::Client,
             from_agent: from.unwrap_or(&session.agent),
+            from_version: session.agent_version,
             to_agent: to,
             turn_id: None,
             by: by.display(),
@@ -92,5 +119,21 @@ impl Engine {
         // write; make sure one picks the turn up again.
         executor::ensure_running(&self.inner, id);
         self.get_session(id).await
+    }
+}
+
+impl Engine {
+    /// Checks the terms of a client's loan before its turn is accepted.
+    pub(crate) async fn check_loan(&self, tenant: &str, terms: &BorrowTerms) -> Result<(), EngineError> {
+        if self.inner.store.get_agent(tenant, &terms.agent, None).await?.is_none() {
+            return Err(EngineError::InvalidInput(format!("borrow.agent: there is no agent {:?}", terms.agent)));
+        }
+        if terms.max_steps == Some(0) {
+            return Err(EngineError::InvalidInput("borrow.max_steps must be at least 1 (leave it out for the agent's own limit)".into()));
+        }
+        if terms.timeout_seconds.is_some_and(|s| s == 0 || s > MAX_LOAN_SECONDS) {
+            return Err(EngineError::InvalidInput(format!("borrow.timeout_seconds must be 1 to {MAX_LOAN_SECONDS}")));
+        }
+        Ok(())
     }
 }

@@ -16,6 +16,11 @@ pub struct Conversation {
     /// when a message is added.
     pub messages: std::sync::Arc<Vec<Message>>,
     inputs: std::collections::HashMap<TurnId, String>,
+    /// While the session is lent out: each lender's conversation, the first
+    /// lender's first. A borrower sees its lender's conversation up to the
+    /// call that lent the session, then its sub-task; the lender sees only
+    /// the result.
+    lenders: Vec<std::sync::Arc<Vec<Message>>>,
 }
 
 impl Conversation {
@@ -28,6 +33,35 @@ impl Conversation {
             EventData::TurnStarted { turn_id, .. } => {
                 if let Some(input) = self.inputs.remove(turn_id) {
                     std::sync::Arc::make_mut(&mut self.messages).push(Message::User { content: input });
+                }
+            }
+            EventData::BorrowStarted { call_id, input, .. } => {
+                let lender = std::sync::Arc::clone(&self.messages);
+                let mut view = match call_id {
+                    // Up to the lender's answer that asked for the loan: its calls have no results in this view.
+                    Some(id) => {
+                        let asked = lender
+                            .iter()
+                            .rposition(|m| matches!(m, Message::Assistant { tool_calls, .. } if tool_calls.iter().any(|c| &c.id == id)));
+                        let mut view = lender[..asked.unwrap_or(lender.len())].to_vec();
+                        view.push(Message::User { content: input.clone() });
+                        view
+                    }
+                    // A client's loan: the turn's input, already the last message, is the sub-task.
+                    None => lender.to_vec(),
+                };
+                view.shrink_to_fit();
+                self.lenders.push(lender);
+                self.messages = std::sync::Arc::new(view);
+            }
+            EventData::BorrowCompleted { call_id, output, .. } => {
+                if let Some(lender) = self.lenders.pop() {
+                    self.messages = lender;
+                }
+                // A client's loan: the lender sees the answer the client got.
+                if let (None, Some(output)) = (call_id, output) {
+                    std::sync::Arc::make_mut(&mut self.messages)
+                        .push(Message::Assistant { content: Some(output.clone()), tool_calls: vec![] });
                 }
             }
             EventData::ModelCompleted { content, tool_calls, .. } => std::sync::Arc::make_mut(&mut self.messages)
@@ -94,6 +128,23 @@ pub struct GatedCall {
     pub decision: Option<(ApprovalDecision, String, Option<String>)>,
 }
 
+/// A loan of the session open in a turn.
+#[derive(Clone, Debug)]
+pub struct OpenBorrow {
+    /// The lender's `agents.borrow` call; `None` for a client's loan.
+    pub call_id: Option<String>,
+    pub lender: String,
+    pub lender_version: u32,
+    pub borrower: String,
+    pub started_ms: i64,
+    /// The borrower's steps are numbered from here on.
+    pub first_step: u32,
+    /// Steps done in the turn when the loan started.
+    pub steps_before: u32,
+    pub max_steps: Option<u32>,
+    pub deadline_ms: Option<i64>,
+}
+
 /// Where one turn stands, from its events.
 #[derive(Default, Debug)]
 pub struct TurnProgress {
@@ -125,6 +176,14 @@ pub struct TurnProgress {
     pub call_counts: std::collections::HashMap<(String, String), u32>,
     /// Model answers in a row that asked only for calls already made.
     pub no_progress_streak: u32,
+    /// Loans of the session open in this turn, the first one first.
+    pub borrows: Vec<OpenBorrow>,
+    /// Whether a client's loan of this turn has started.
+    pub client_loan_started: bool,
+    /// Whether the turn's last event paused it (an approval asked for, a
+    /// budget spent) rather than recorded work: a borrower stopped there
+    /// was waiting, not interrupted.
+    pub stopped_waiting: bool,
 }
 
 impl TurnProgress {
@@ -148,6 +207,13 @@ impl TurnProgress {
     }
 
     fn fold(&mut self, event: &Event) {
+        self.stopped_waiting = matches!(
+            event.body.data,
+            EventData::ApprovalRequested { .. }
+                | EventData::BudgetExceeded { .. }
+                | EventData::ApprovalDecided { .. }
+                | EventData::BudgetResumed { .. }
+        ) || (self.stopped_waiting && matches!(event.body.data, EventData::TurnResumed { .. }));
         match &event.body.data {
             EventData::TurnStarted { .. } => self.started_ms = Some(event.body.ts),
             EventData::TurnCancelRequested { .. } => self.cancel_requested = true,
@@ -207,6 +273,23 @@ impl TurnProgress {
                 }
             }
             EventData::BudgetResumed { .. } => self.budget_paused = false,
+            EventData::BorrowStarted { call_id, lender, lender_version, borrower, max_steps, deadline_ms, .. } => {
+                self.client_loan_started |= call_id.is_none();
+                self.borrows.push(OpenBorrow {
+                    call_id: call_id.clone(),
+                    lender: lender.clone(),
+                    lender_version: *lender_version,
+                    borrower: borrower.clone(),
+                    started_ms: event.body.ts,
+                    first_step: self.last_step + 1,
+                    steps_before: self.steps_done,
+                    max_steps: *max_steps,
+                    deadline_ms: *deadline_ms,
+                });
+            }
+            EventData::BorrowCompleted { .. } => {
+                self.borrows.pop();
+            }
             d if d.ends_turn() => self.ended = true,
             _ => {}
         }
@@ -243,6 +326,25 @@ impl TurnProgress {
             ));
         }
         None
+    }
+
+    /// Renames calls of a model answer (at `step`) whose ids are taken by
+    /// a call still open in the turn, or by an earlier call of the answer:
+    /// a borrower's model knows nothing of its lender's open call, and some
+    /// models number their calls.
+    pub fn make_ids_unique(&self, calls: &mut [ToolCall], step: u32) {
+        let mut taken: Vec<String> = self.open_tools.iter().map(|t| t.call.id.clone()).collect();
+        for (i, call) in calls.iter_mut().enumerate() {
+            if taken.contains(&call.id) {
+                call.id = format!("{}~{step}.{i}", call.id);
+            }
+            taken.push(call.id.clone());
+        }
+    }
+
+    /// Whether the call lent the session out and waits for it to come back.
+    pub fn is_lending(&self, call_id: &str) -> bool {
+        self.borrows.iter().any(|b| b.call_id.as_deref() == Some(call_id))
     }
 
     /// Approvals not decided yet.

@@ -118,6 +118,9 @@ pub struct SubmitTurn {
     pub idempotency_key: Option<String>,
     /// The client's W3C `traceparent`; the turn's trace continues it.
     pub traceparent: Option<String>,
+    /// Lends the session to another agent for this turn (see
+    /// [`Engine::lend`]).
+    pub borrow: Option<agentrt_types::event::BorrowTerms>,
 }
 
 pub(crate) struct Inner {
@@ -408,6 +411,9 @@ impl Engine {
         if session.status == SessionStatus::Terminated {
             return Err(EngineError::SessionTerminated(id.clone()));
         }
+        if let Some(terms) = &req.borrow {
+            self.check_loan(&session.tenant, terms).await?;
+        }
         let turn_id = TurnId::generate();
         let submitted: NewEvent = EventData::TurnSubmitted {
             turn_id: turn_id.clone(),
@@ -416,6 +422,7 @@ impl Engine {
             traceparent: Some(
                 req.traceparent.filter(|tp| telemetry::parse_traceparent(tp).is_some()).unwrap_or_else(telemetry::new_traceparent),
             ),
+            borrow: req.borrow,
         }
         .into();
         let (events, precondition, to_cancel) = match req.on_busy {

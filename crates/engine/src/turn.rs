@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use agentrt_model::{ModelError, ModelRequest, ModelResponse};
 use agentrt_store::{AppendRequest, Fence, Precondition, StoreError};
 use agentrt_tools::{ToolContext, ToolError};
+use agentrt_types::event::BorrowStatus;
 use agentrt_types::time::now_ms;
 use agentrt_types::{Event, EventData, NewEvent, Outcome, SessionId, SessionSummary, TurnStatus, TurnSummary};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -25,6 +26,7 @@ use crate::executor::Slot;
 use crate::history::{Conversation, OpenToolCall, TurnProgress};
 use crate::{telemetry, Inner};
 
+mod borrow;
 mod budget;
 mod gate;
 mod handover;
@@ -216,10 +218,14 @@ impl TurnRun {
         self.cancel.is_cancelled() || self.progress.cancel_requested
     }
 
+    /// When the turn's time is up, or the innermost loan's if sooner.
     fn deadline(&self) -> Instant {
         let started = self.progress.started_ms.unwrap_or_else(now_ms);
         let waited = self.progress.waited_ms(now_ms());
-        let end_ms = started + waited + (self.agent().version.spec.limits.max_turn_seconds as i64) * 1000;
+        let mut end_ms = started + waited + (self.agent().version.spec.limits.max_turn_seconds as i64) * 1000;
+        if let Some(loan_end) = self.loan_deadline_ms() {
+            end_ms = end_ms.min(loan_end);
+        }
         Instant::now() + Duration::from_millis((end_ms - now_ms()).max(0) as u64)
     }
 
@@ -248,6 +254,12 @@ impl TurnRun {
     /// until the turn ends or waits for a human.
     async fn drive(&mut self) -> Result<TurnEnd, Abort> {
         let mut carry: Vec<NewEvent> = Vec::new();
+        if let Some(end) = self.loan_interrupted() {
+            self.give_back(end, vec![]).await?;
+        }
+        if let (Some(terms), false) = (self.turn.borrow.clone(), self.progress.client_loan_started || self.progress.ended) {
+            self.lend_for_client(terms).await?;
+        }
         loop {
             if self.inner.shutdown.is_cancelled() {
                 return Err(Abort::Shutdown);
@@ -257,6 +269,12 @@ impl TurnRun {
             }
             if self.cancelled() {
                 return self.end_cancelled(carry).await.map(|()| TurnEnd::Ended);
+            }
+            if self.loan_deadline_ms().is_some_and(|at| now_ms() >= at) {
+                if let Some(end) = self.loan_over(0) {
+                    self.give_back(end, std::mem::take(&mut carry)).await?;
+                    continue;
+                }
             }
             if Instant::now() >= self.deadline() {
                 let secs = self.agent().version.spec.limits.max_turn_seconds;
@@ -291,7 +309,13 @@ impl TurnRun {
             }
             let max_steps = self.agent().version.spec.limits.max_steps;
             let carried = carry.iter().filter(|e| matches!(e.data, EventData::ToolCompleted { .. })).count() as u32;
-            if self.progress.steps_done + carried >= max_steps {
+            if self.progress.open_model.is_none() {
+                if let Some(end) = self.loan_over(carried) {
+                    self.give_back(end, std::mem::take(&mut carry)).await?;
+                    continue;
+                }
+            }
+            if self.progress.borrows.is_empty() && self.progress.steps_done + carried >= max_steps {
                 let why = format!("turn reached max_steps ({max_steps}) without a final answer");
                 return self.fail(carry, "max_steps", &why).await.map(|()| TurnEnd::Ended);
             }
@@ -324,9 +348,14 @@ impl TurnRun {
                 ModelOutcome::Deadline => continue,
                 ModelOutcome::Failed(e) => {
                     let failed = EventData::ModelFailed { turn_id, step, error: e.to_string(), latency_us };
+                    if !self.progress.borrows.is_empty() {
+                        self.give_back(borrow::LoanEnd::failed(BorrowStatus::Failed, e.to_string()), vec![failed.into()]).await?;
+                        continue;
+                    }
                     return self.fail(vec![failed.into()], "model_error", &e.to_string()).await.map(|()| TurnEnd::Ended);
                 }
-                ModelOutcome::Answer(resp) => {
+                ModelOutcome::Answer(mut resp) => {
+                    self.progress.make_ids_unique(&mut resp.tool_calls, step);
                     let final_answer = resp.tool_calls.is_empty();
                     let limits = &self.agent().version.spec.limits;
                     let looping = self.progress.loop_detected(
@@ -349,7 +378,17 @@ impl TurnRun {
                         for (i, call) in resp.tool_calls.iter().enumerate() {
                             events.push(self.refused(step + 1 + i as u32, call, format!("not run: {why}")));
                         }
+                        if !self.progress.borrows.is_empty() {
+                            self.give_back(borrow::LoanEnd::failed(BorrowStatus::Failed, why), events).await?;
+                            continue;
+                        }
                         return self.fail(events, "loop_detected", &why).await.map(|()| TurnEnd::Ended);
+                    }
+                    if final_answer && !self.progress.borrows.is_empty() {
+                        let output = resp.content.clone().unwrap_or_default();
+                        let end = borrow::LoanEnd { status: BorrowStatus::Completed, output: Some(output), error: None };
+                        self.give_back(end, events).await?;
+                        continue;
                     }
                     if final_answer {
                         let output = resp.content.unwrap_or_default();
@@ -441,15 +480,19 @@ impl TurnRun {
         if !carry.is_empty() {
             self.append(carry).await?;
         }
-        let calls = self.progress.open_tools.clone();
+        let calls: Vec<OpenToolCall> = self.progress.open_tools.iter().filter(|t| !self.progress.is_lending(&t.call.id)).cloned().collect();
         let capture = self.inner.config.capture_content;
         let mut pending = FuturesUnordered::new();
         let mut immediate = Vec::new();
-        // Carried out after the batch's other calls: it changes who runs the session.
-        let mut handovers = Vec::new();
+        // Carried out after the batch's other calls: they change who runs the session.
+        let (mut handovers, mut loans) = (Vec::new(), Vec::new());
         for call in calls {
             if call.call.name == agentrt_types::spec::HANDOVER_TOOL {
                 handovers.push(call);
+                continue;
+            }
+            if call.call.name == agentrt_types::spec::BORROW_TOOL {
+                loans.push(call);
                 continue;
             }
             if self.recovering && !call.idempotent {
@@ -549,8 +592,23 @@ impl TurnRun {
                 self.append(std::mem::take(&mut done)).await?;
             }
         }
-        if !handovers.is_empty() && pending.is_empty() && !self.cancelled() {
+        if !pending.is_empty() || self.cancelled() {
+            return Ok(done);
+        }
+        if !handovers.is_empty() {
+            for call in &loans {
+                done.push(self.completed(
+                    call,
+                    Outcome::Error,
+                    json!({"error": "not run: the session was handed over in the same step"}),
+                    0,
+                    0,
+                ));
+            }
             return self.hand_over(&handovers, done).await;
+        }
+        if !loans.is_empty() {
+            return self.lend(&loans, done).await;
         }
         Ok(done)
     }
@@ -558,10 +616,10 @@ impl TurnRun {
     /// Whether some open tool intent has no result yet, neither in the log
     /// nor in `carry` (results waiting to be appended).
     fn has_unrun_tools(&self, carry: &[NewEvent]) -> bool {
-        self.progress
-            .open_tools
-            .iter()
-            .any(|t| !carry.iter().any(|e| matches!(&e.data, EventData::ToolCompleted { call_id, .. } if *call_id == t.call.id)))
+        self.progress.open_tools.iter().any(|t| {
+            !self.progress.is_lending(&t.call.id)
+                && !carry.iter().any(|e| matches!(&e.data, EventData::ToolCompleted { call_id, .. } if *call_id == t.call.id))
+        })
     }
 
     fn completed(&self, call: &OpenToolCall, outcome: Outcome, output: Value, latency_us: u64, attempts: u32) -> NewEvent {
@@ -579,8 +637,17 @@ impl TurnRun {
         .into()
     }
 
-    /// Closes every open intent with an error so the log stays well formed.
-    fn close_open(&self, mut events: Vec<NewEvent>, why: &str) -> Vec<NewEvent> {
+    /// Closes every open intent with an error so the log stays well formed,
+    /// giving back every open loan with `status` on the way.
+    fn close_open(&self, events: Vec<NewEvent>, why: &str, status: BorrowStatus) -> Vec<NewEvent> {
+        let events = self.unwind(events, why, status);
+        self.close_from(events, 0, why, false)
+    }
+
+    /// Closes the open intents of steps from `first_step` on that `events`
+    /// does not close: with an error, or as `outcome: unknown` for tool
+    /// calls that may have run (`unknown`).
+    fn close_from(&self, mut events: Vec<NewEvent>, first_step: u32, why: &str, unknown: bool) -> Vec<NewEvent> {
         let closed: Vec<String> = events
             .iter()
             .filter_map(|e| match &e.data {
@@ -589,38 +656,30 @@ impl TurnRun {
             })
             .collect();
         let model_closed = events.iter().any(|e| matches!(e.data, EventData::ModelFailed { .. } | EventData::ModelCompleted { .. }));
-        if let (Some(step), false) = (self.progress.open_model, model_closed) {
+        if let (Some(step), false) = (self.progress.open_model.filter(|s| *s >= first_step), model_closed) {
             events.push(EventData::ModelFailed { turn_id: self.turn.turn_id.clone(), step, error: why.into(), latency_us: 0 }.into());
         }
-        for call in &self.progress.open_tools {
-            if !closed.contains(&call.call.id) {
-                events.push(self.completed(call, Outcome::Error, json!({"error": why}), 0, 0));
-            }
+        let open = |id: &String, step: u32| step >= first_step && !closed.contains(id);
+        for call in self.progress.open_tools.iter().filter(|c| open(&c.call.id, c.step)) {
+            events.push(match unknown {
+                true => self.completed(call, Outcome::Unknown, json!({"error": crate::UNKNOWN_OUTCOME}), 0, 0),
+                false => self.completed(call, Outcome::Error, json!({"error": why}), 0, 0),
+            });
         }
-        for g in &self.progress.gated {
-            if !closed.contains(&g.call.id) {
-                events.push(self.refused(g.step, &g.call, why.to_owned()));
-            }
+        for g in self.progress.gated.iter().filter(|g| open(&g.call.id, g.step)) {
+            events.push(self.refused(g.step, &g.call, why.to_owned()));
         }
-        for h in &self.progress.held {
-            if !closed.contains(&h.call.id) {
-                events.push(self.refused(h.step, &h.call, why.to_owned()));
-            }
+        for h in self.progress.held.iter().filter(|h| open(&h.call.id, h.step)) {
+            events.push(self.refused(h.step, &h.call, why.to_owned()));
         }
         events
     }
 
-    async fn end_cancelled(&mut self, carry: Vec<NewEvent>) -> Result<(), Abort> {
-        let mut events = self.close_open(carry, "cancelled");
-        events.push(EventData::TurnCancelled { turn_id: self.turn.turn_id.clone(), reason: "cancel requested".into() }.into());
-        self.append(events).await
-    }
-
-    async fn fail(&mut self, carry: Vec<NewEvent>, code: &str, message: &str) -> Result<(), Abort> {
-        let mut events = self.close_open(carry, message);
+    /// Token usage and steps of the turn once `events` are appended.
+    fn totals(&self, events: &[NewEvent]) -> (agentrt_types::Usage, u32) {
         let mut usage = self.progress.usage;
         let mut steps = self.progress.steps_done;
-        for e in &events {
+        for e in events {
             match &e.data {
                 EventData::ModelCompleted { usage: u, .. } => {
                     usage.add(*u);
@@ -630,13 +689,25 @@ impl TurnRun {
                 _ => {}
             }
         }
+        (usage, steps)
+    }
+
+    async fn end_cancelled(&mut self, carry: Vec<NewEvent>) -> Result<(), Abort> {
+        let mut events = self.close_open(carry, "cancelled", BorrowStatus::Cancelled);
+        events.push(EventData::TurnCancelled { turn_id: self.turn.turn_id.clone(), reason: "cancel requested".into() }.into());
+        self.append_end(events).await
+    }
+
+    async fn fail(&mut self, carry: Vec<NewEvent>, code: &str, message: &str) -> Result<(), Abort> {
+        let mut events = self.close_open(carry, message, BorrowStatus::Failed);
+        let (usage, steps) = self.totals(&events);
         let span = tracing::Span::current();
         record_usage(&span, usage);
         span.record("otel.status_code", "ERROR");
         events.push(
             EventData::TurnFailed { turn_id: self.turn.turn_id.clone(), code: code.into(), message: message.into(), usage, steps }.into(),
         );
-        self.append(events).await
+        self.append_end(events).await
     }
 }
 

@@ -78,9 +78,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends events atomically, after checking the fence and precondition.
     async fn append(&self, request: AppendRequest) -> Result<Vec<Event>, StoreError>;
-    /// Hands the session over to another agent and moves its fencing token
-    /// on, atomically; returns the appended events and the new token.
-    async fn handover(&self, request: HandoverRequest) -> Result<(Vec<Event>, u64), StoreError>;
+    /// Passes control of the session to another agent and moves its fencing
+    /// token on, atomically; returns the appended events and the new token.
+    async fn transfer(&self, request: TransferRequest) -> Result<(Vec<Event>, u64), StoreError>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn read_events(&self, id: &SessionId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// Raw stored records of a session, for chain verification.

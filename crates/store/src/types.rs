@@ -69,6 +69,8 @@ pub enum Precondition {
     ApprovalPending(ApprovalId),
     /// The session must be run by this agent.
     AgentIs(String),
+    /// The session must be run by this agent for good: not lent to it.
+    Owns(String),
 }
 
 /// Events to append to one session's log in one transaction.
@@ -80,23 +82,22 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
 }
 
-/// Passes a session from one agent to another: `before` (e.g. the result
-/// of the agent's handover call), `handoff.completed` and
+/// Passes control of a session from one agent to another (a handover, a
+/// loan to a borrower, or the loan's return): `events` (e.g.
+/// `handoff.completed` and the result of the agent's call) and a
 /// `lease.transferred` are appended in one transaction that also moves the
 /// session's fencing token on, so that writes with the old token fail.
 #[derive(Clone, Debug)]
-pub struct HandoverRequest {
+pub struct TransferRequest {
     pub session_id: SessionId,
     pub fence: Fence,
-    /// The agent that must be in control (the handover is refused otherwise).
+    /// Who must be in control: `AgentIs` or `Owns` naming `from_agent`.
+    pub precondition: Precondition,
     pub from_agent: String,
     pub to_agent: String,
-    pub to_version: u32,
-    /// The turn during which an agent hands over.
+    /// The turn during which control passes.
     pub turn_id: Option<TurnId>,
-    pub by: String,
-    pub reason: Option<String>,
-    pub before: Vec<NewEvent>,
+    pub events: Vec<NewEvent>,
 }
 
 /// One model call, for usage accounting: from the agent loop (projected

@@ -1,8 +1,9 @@
-//! The multi-agent tools, `agents.handover` and `agents.delegate`. They
+//! The multi-agent tools, `agents.handover`, `agents.borrow` and
+//! `agents.delegate`. They
 //! only declare themselves here (name, schema, retry safety); the runtime
 //! carries the calls out, because they change or create sessions.
 
-use agentrt_types::spec::{DELEGATE_TOOL, HANDOVER_TOOL};
+use agentrt_types::spec::{BORROW_TOOL, DELEGATE_TOOL, HANDOVER_TOOL};
 use agentrt_types::ToolDef;
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -35,6 +36,29 @@ impl RuntimeTool {
         RuntimeTool { def }
     }
 
+    /// Lends the session to one of `agents` for a sub-task.
+    pub fn borrow(agents: &[String]) -> Self {
+        let def = ToolDef {
+            name: BORROW_TOOL.to_owned(),
+            description: "Lend this conversation to another agent for one sub-task: it sees everything so far and the sub-task, \
+                          works on it with its own instructions and tools in the same workspace, and its answer (or why it failed) \
+                          comes back as this call's result; then you are in control again."
+                .to_owned(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "agent": {"type": "string", "enum": agents, "description": "The agent to lend the session to."},
+                    "input": {"type": "string", "description": "The sub-task: what the agent is asked to do and answer."},
+                    "max_steps": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "Model and tool calls the agent may make (default: its own limit)."},
+                    "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "description": "Time the agent has (default: the rest of the turn's)."}
+                },
+                "required": ["agent", "input"],
+                "additionalProperties": false
+            }),
+        };
+        RuntimeTool { def }
+    }
+
     /// Runs sub-tasks with `agents`, each in a child session, in parallel.
     pub fn delegate(agents: &[String]) -> Self {
         let def = ToolDef {
@@ -58,6 +82,7 @@ impl RuntimeTool {
                         }
                     },
                     "wait": {"type": "string", "enum": ["all", "first"], "description": "Wait for every sub-task (default), or for the first to end; the others are cancelled."},
+                    "first": {"type": "integer", "minimum": 1, "maximum": 50, "description": "Wait for this many sub-tasks to end; the others are cancelled."},
                     "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "description": "Sub-tasks not done by then are cancelled (default 300)."}
                 },
                 "required": ["tasks"],
@@ -74,8 +99,9 @@ impl Tool for RuntimeTool {
         &self.def
     }
 
-    /// Handover: its result and the handover are one transaction. Delegate:
-    /// a repeated call finds the child sessions of the first one.
+    /// Handover and borrow: the result and the change of control are one
+    /// transaction. Delegate: a repeated call finds the child sessions of
+    /// the first one.
     fn idempotent(&self) -> bool {
         true
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_store::Store;
-use agentrt_types::spec::AgentSpec;
+use agentrt_types::spec::{AgentSpec, BORROW_TOOL, DELEGATE_TOOL, HANDOVER_TOOL};
 use agentrt_types::{SessionId, ToolDef, TurnId};
 use async_trait::async_trait;
 use serde_json::Value;
@@ -140,10 +140,13 @@ impl ToolSet {
             tools.push((format!("tools.http[{i}].input_schema"), Arc::new(HttpTool::new(h.clone()))));
         }
         if !spec.agents.handover.is_empty() {
-            tools.push(("agents.handover".to_owned(), Arc::new(agents::RuntimeTool::handover(&spec.agents.handover))));
+            tools.push((HANDOVER_TOOL.to_owned(), Arc::new(agents::RuntimeTool::handover(&spec.agents.handover))));
+        }
+        if !spec.agents.borrow.is_empty() {
+            tools.push((BORROW_TOOL.to_owned(), Arc::new(agents::RuntimeTool::borrow(&spec.agents.borrow))));
         }
         if !spec.agents.delegate.is_empty() {
-            tools.push(("agents.delegate".to_owned(), Arc::new(agents::RuntimeTool::delegate(&spec.agents.delegate))));
+            tools.push((DELEGATE_TOOL.to_owned(), Arc::new(agents::RuntimeTool::delegate(&spec.agents.delegate))));
         }
         let mut map = BTreeMap::new();
         for (path, tool) in tools {
@@ -191,7 +194,7 @@ impl ToolSet {
     pub fn server_of(&self, name: &str) -> String {
         if agentrt_types::spec::BUILTIN_TOOLS.contains(&name) {
             "builtin".into()
-        } else if name == agentrt_types::spec::HANDOVER_TOOL || name == agentrt_types::spec::DELEGATE_TOOL {
+        } else if [HANDOVER_TOOL, BORROW_TOOL, DELEGATE_TOOL].contains(&name) {
             "agents".into()
         } else if agentrt_types::sandbox::SANDBOX_TOOLS.contains(&name) {
             "sandbox".into()

@@ -135,6 +135,52 @@ pub struct DelegateOutcome {
     pub status: String,
 }
 
+/// The terms of a loan of a session to another agent: who borrows it and
+/// what it may spend on the sub-task before control comes back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BorrowTerms {
+    /// The agent that runs the sub-task.
+    pub agent: String,
+    /// Steps (model and tool calls) the borrower may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u32>,
+    /// Time the borrower has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// How a borrow ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BorrowStatus {
+    /// The borrower answered; its answer is the result.
+    Completed,
+    /// The borrower's turn failed (a model error, a loop, the turn's limits).
+    Failed,
+    /// The borrower used the steps it was lent for.
+    OutOfSteps,
+    /// The borrower's time ran out.
+    TimedOut,
+    /// The runtime stopped while the borrower was working.
+    Interrupted,
+    /// The turn was cancelled.
+    Cancelled,
+}
+
+impl BorrowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BorrowStatus::Completed => "completed",
+            BorrowStatus::Failed => "failed",
+            BorrowStatus::OutOfSteps => "out_of_steps",
+            BorrowStatus::TimedOut => "timed_out",
+            BorrowStatus::Interrupted => "interrupted",
+            BorrowStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// The typed payload of an event; `type` names it on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -162,6 +208,10 @@ pub enum EventData {
         /// `traceparent`, or one the runtime made), kept across restarts.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         traceparent: Option<String>,
+        /// A client lends the session out for this turn: `input` is the
+        /// borrower's sub-task, and control comes back when it ends.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        borrow: Option<BorrowTerms>,
     },
     #[serde(rename = "turn.started")]
     TurnStarted {
@@ -356,6 +406,47 @@ pub enum EventData {
         from_agent: String,
         to_agent: String,
     },
+    /// The session is lent to `borrower` for a sub-task, in the same
+    /// transaction as a new fencing token (`lease.transferred`): the
+    /// borrower runs the turn until it answers, fails or runs out of what it
+    /// was lent, and then control comes back to `lender` (`borrow.completed`).
+    #[serde(rename = "borrow.started")]
+    BorrowStarted {
+        turn_id: TurnId,
+        /// The lender's `agents.borrow` call (absent when a client lent the
+        /// session: the turn's input is the sub-task).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+        lender: String,
+        lender_version: u32,
+        borrower: String,
+        borrower_version: u32,
+        input: String,
+        /// The agents from the first lender to this borrower.
+        chain: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_steps: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<i64>,
+    },
+    /// Control came back to the lender with the sub-task's outcome, in the
+    /// same transaction as the lender's call result and a new fencing token.
+    #[serde(rename = "borrow.completed")]
+    BorrowCompleted {
+        turn_id: TurnId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+        lender: String,
+        lender_version: u32,
+        borrower: String,
+        status: BorrowStatus,
+        /// Steps the borrower took.
+        steps: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// An agent gave sub-tasks to other agents (`agents.delegate`): each
     /// runs in the child session named here.
     #[serde(rename = "delegate.started")]
@@ -406,6 +497,8 @@ impl EventData {
             EventData::GatewayCalled { .. } => "gateway.called",
             EventData::HandoffCompleted { .. } => "handoff.completed",
             EventData::LeaseTransferred { .. } => "lease.transferred",
+            EventData::BorrowStarted { .. } => "borrow.started",
+            EventData::BorrowCompleted { .. } => "borrow.completed",
             EventData::DelegateStarted { .. } => "delegate.started",
             EventData::DelegateCompleted { .. } => "delegate.completed",
             EventData::Message { .. } => "message",
@@ -444,6 +537,8 @@ impl EventData {
             | EventData::BudgetExceeded { turn_id, .. }
             | EventData::BudgetResumed { turn_id }
             | EventData::BudgetOverridden { turn_id, .. }
+            | EventData::BorrowStarted { turn_id, .. }
+            | EventData::BorrowCompleted { turn_id, .. }
             | EventData::DelegateStarted { turn_id, .. }
             | EventData::DelegateCompleted { turn_id, .. }
             | EventData::Message { turn_id, .. }

@@ -53,11 +53,15 @@ pub struct AgentsSpec {
     /// child session of its own.
     #[serde(default)]
     pub delegate: Vec<String>,
+    /// Agents of the same tenant this one may lend the session to for a
+    /// sub-task; control comes back with the sub-task's result.
+    #[serde(default)]
+    pub borrow: Vec<String>,
 }
 
 impl AgentsSpec {
     pub fn is_empty(&self) -> bool {
-        self.handover.is_empty() && self.delegate.is_empty()
+        self.handover.is_empty() && self.delegate.is_empty() && self.borrow.is_empty()
     }
 }
 
@@ -65,6 +69,9 @@ impl AgentsSpec {
 pub const HANDOVER_TOOL: &str = "agents.handover";
 /// The tool an agent calls to run sub-tasks in child sessions, in parallel.
 pub const DELEGATE_TOOL: &str = "agents.delegate";
+/// The tool an agent calls to lend its session to another agent for one
+/// sub-task and get the result back.
+pub const BORROW_TOOL: &str = "agents.borrow";
 
 /// Which model answers, and how.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -423,7 +430,10 @@ impl AgentSpec {
         if !self.agents.delegate.is_empty() {
             names.push(DELEGATE_TOOL);
         }
-        for (list, agents) in [("handover", &self.agents.handover), ("delegate", &self.agents.delegate)] {
+        if !self.agents.borrow.is_empty() {
+            names.push(BORROW_TOOL);
+        }
+        for (list, agents) in [("handover", &self.agents.handover), ("delegate", &self.agents.delegate), ("borrow", &self.agents.borrow)] {
             for (i, agent) in agents.iter().enumerate() {
                 if !is_agent_name(agent) {
                     bad(format!("agents.{list}[{i}]"), format!("{agent:?} is not an agent name"));

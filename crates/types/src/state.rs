@@ -79,6 +79,10 @@ pub struct SessionSummary {
     /// The budget the running turn is paused on, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_exceeded: Option<BudgetBreach>,
+    /// The agents that lent the session out, the first lender first; empty
+    /// when `agent` holds it for good.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lenders: Vec<String>,
     /// Seq of the last event.
     pub last_seq: u64,
 }
@@ -109,6 +113,7 @@ impl SessionSummary {
             pending_approvals: 0,
             spend: Spend::default(),
             budget_exceeded: None,
+            lenders: vec![],
             last_seq: event.body.seq,
         })
     }
@@ -136,6 +141,16 @@ impl SessionSummary {
             EventData::HandoffCompleted { to_agent, to_version, .. } => {
                 self.agent = to_agent.clone();
                 self.agent_version = *to_version;
+            }
+            EventData::BorrowStarted { lender, borrower, borrower_version, .. } => {
+                self.lenders.push(lender.clone());
+                self.agent = borrower.clone();
+                self.agent_version = *borrower_version;
+            }
+            EventData::BorrowCompleted { lender, lender_version, .. } => {
+                self.lenders.pop();
+                self.agent = lender.clone();
+                self.agent_version = *lender_version;
             }
             EventData::TurnCompleted { turn_id, .. } | EventData::TurnFailed { turn_id, .. } | EventData::TurnCancelled { turn_id, .. } => {
                 if self.running_turn.as_ref() == Some(turn_id) {
@@ -241,6 +256,9 @@ pub struct TurnSummary {
     /// Budgets an operator let this turn go past (`*`: every budget).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budget_overrides: Vec<String>,
+    /// The loan the turn runs as, when a client lent the session out for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub borrow: Option<crate::event::BorrowTerms>,
     /// Seq of the `turn.submitted` event; orders the queue.
     pub submitted_seq: u64,
     pub created_ms: i64,
@@ -253,7 +271,7 @@ pub struct TurnSummary {
 impl TurnSummary {
     /// Starts the fold from a `turn.submitted` event.
     pub fn from_submitted(event: &Event) -> Option<Self> {
-        let EventData::TurnSubmitted { turn_id, input, idempotency_key, traceparent } = &event.body.data else {
+        let EventData::TurnSubmitted { turn_id, input, idempotency_key, traceparent, borrow } = &event.body.data else {
             return None;
         };
         Some(TurnSummary {
@@ -272,6 +290,7 @@ impl TurnSummary {
             spend: Spend::default(),
             budget_exceeded: None,
             budget_overrides: Vec::new(),
+            borrow: borrow.clone(),
             submitted_seq: event.body.seq,
             created_ms: event.body.ts,
             started_ms: None,

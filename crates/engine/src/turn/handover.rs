@@ -37,6 +37,7 @@ impl TurnRun {
             tenant: &self.tenant,
             fence: self.fence.clone(),
             from_agent: &from,
+            from_version: self.agent().version.version,
             to_agent: &to,
             turn_id: Some(self.turn.turn_id.clone()),
             by: agentrt_types::tenant::session_principal(&from, &self.session),
@@ -55,9 +56,7 @@ impl TurnRun {
         for e in &events {
             self.observe(e);
         }
-        if let Fence::Lease { holder, .. } = &self.fence {
-            self.fence = Fence::Lease { holder: holder.clone(), token };
-        }
+        self.take_token(token);
         let version = events.iter().find_map(|e| match &e.body.data {
             EventData::HandoffCompleted { to_version, .. } => Some(*to_version),
             _ => None,
@@ -72,5 +71,12 @@ impl TurnRun {
         };
         self.agent_name = to;
         Ok(vec![])
+    }
+
+    /// Writes from here on with the token control passed with.
+    pub(super) fn take_token(&mut self, token: u64) {
+        if let Fence::Lease { holder, .. } = &self.fence {
+            self.fence = Fence::Lease { holder: holder.clone(), token };
+        }
     }
 }

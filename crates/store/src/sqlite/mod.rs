@@ -27,8 +27,8 @@ use self::read::Readers;
 use self::schema::db;
 use self::writer::WriteOp;
 use crate::{
-    AgentInfo, AgentVersion, ApiKey, AppendRequest, Approval, ApprovalFilter, HandoverRequest, NewSession, PolicyVersion, SessionFilter,
-    Store, StoreError, Tenant, UsageQuery, UsageRecord, UsageRow,
+    AgentInfo, AgentVersion, ApiKey, AppendRequest, Approval, ApprovalFilter, NewSession, PolicyVersion, SessionFilter, Store, StoreError,
+    Tenant, TransferRequest, UsageQuery, UsageRecord, UsageRow,
 };
 
 /// When a commit counts as durable.
@@ -130,8 +130,8 @@ impl Store for SqliteStore {
         self.write(|reply| WriteOp::Append { request, reply }).await
     }
 
-    async fn handover(&self, request: HandoverRequest) -> Result<(Vec<Event>, u64), StoreError> {
-        self.write_with(move |tx| writer::handover(tx, request)).await
+    async fn transfer(&self, request: TransferRequest) -> Result<(Vec<Event>, u64), StoreError> {
+        self.write_with(move |tx| writer::transfer(tx, request)).await
     }
 
     async fn read_events(&self, id: &SessionId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {

@@ -24,7 +24,14 @@ async fn session(store: &SqliteStore) -> SessionId {
 }
 
 fn submit(turn: &TurnId, key: Option<&str>) -> agentrt_types::NewEvent {
-    EventData::TurnSubmitted { turn_id: turn.clone(), input: "hi".into(), idempotency_key: key.map(Into::into), traceparent: None }.into()
+    EventData::TurnSubmitted {
+        turn_id: turn.clone(),
+        input: "hi".into(),
+        idempotency_key: key.map(Into::into),
+        traceparent: None,
+        borrow: None,
+    }
+    .into()
 }
 
 fn client(id: &SessionId, events: Vec<agentrt_types::NewEvent>) -> AppendRequest {
@@ -446,16 +453,20 @@ async fn total_steps(store: &SqliteStore, sessions: &[(SessionId, TurnId)]) -> u
     total
 }
 
-/// Handovers race executors writing with the token they hold, duplicate
-/// handovers and client input, over several randomized runs. Read back, the
-/// log must show one agent in control at every point (each handover starts
-/// from the agent the previous one ended with), tokens that move on by one
-/// per handover, and no executor write accepted with a token that was not
-/// the current one.
+/// Handovers race executors writing with the token they hold, loans of the
+/// session that start and come back (made, like an executor makes them,
+/// with the token it holds), duplicate handovers and client input, over
+/// several randomized runs. Read back, the log must show one agent in
+/// control at every point: each handover starts from the agent in control
+/// and never while the session is lent, each loan starts from the agent in
+/// control and comes back from its borrower to its lender; tokens move on
+/// by one per transfer, and no executor write is accepted with a token that
+/// was not the current one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handovers_racing_writers_never_let_a_stale_token_write() {
+async fn transfers_racing_writers_never_let_a_stale_token_write() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    const AGENTS: [&str; 4] = ["a", "b", "c", "d"];
     for run in 0..8u64 {
         let (_d, store) = open();
         let store = Arc::new(store);
@@ -463,25 +474,20 @@ async fn handovers_racing_writers_never_let_a_stale_token_write() {
         let turn = TurnId::generate();
         store.append(client(&id, vec![submit(&turn, None)])).await.unwrap();
         let token = store.acquire_lease(&id, "node", 60_000, false).await.unwrap().unwrap();
-        let (refused, handed, stale) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let counters: Arc<[AtomicUsize; 5]> = Arc::new(Default::default());
+        let (transferred, refused, stale, lent, returned) = (0, 1, 2, 3, 4);
         let mut tasks = Vec::new();
         for w in 0..3u64 {
-            let (store, id, turn, stale) = (store.clone(), id.clone(), turn.clone(), stale.clone());
+            let (store, id, turn, counters) = (store.clone(), id.clone(), turn.clone(), counters.clone());
             tasks.push(tokio::spawn(async move {
                 let mut rng = fastrand::Rng::with_seed(run * 100 + w);
                 let mut mine = token;
                 for _ in 0..40 {
                     let event = EventData::Message { turn_id: turn.clone(), content: format!("token {mine}") };
-                    let req = AppendRequest {
-                        session_id: id.clone(),
-                        fence: Fence::Lease { holder: "node".into(), token: mine },
-                        precondition: None,
-                        events: vec![event.into()],
-                    };
-                    match store.append(req).await {
+                    match store.append(lease_append(&id, mine, vec![event.into()])).await {
                         Ok(_) => {}
                         Err(StoreError::StaleFence { current, .. }) => {
-                            stale.fetch_add(1, Ordering::SeqCst);
+                            counters[stale].fetch_add(1, Ordering::SeqCst);
                             // The new holder's token, as a taking-over executor would learn it.
                             mine = current;
                         }
@@ -493,28 +499,98 @@ async fn handovers_racing_writers_never_let_a_stale_token_write() {
                 }
             }));
         }
-        for h in 0..4u64 {
-            let (store, id, refused, handed) = (store.clone(), id.clone(), refused.clone(), handed.clone());
+        for h in 0..3u64 {
+            let (store, id, counters) = (store.clone(), id.clone(), counters.clone());
             tasks.push(tokio::spawn(async move {
                 let mut rng = fastrand::Rng::with_seed(run * 1000 + h);
-                let agents = ["a", "b", "c"];
                 for _ in 0..15 {
-                    let from = agents[rng.usize(..3)];
-                    let to = agents[(agents.iter().position(|a| *a == from).unwrap() + 1 + rng.usize(..2)) % 3];
-                    let req = crate::HandoverRequest {
-                        session_id: id.clone(),
-                        fence: Fence::Client,
+                    let i = rng.usize(..AGENTS.len());
+                    let (from, to) = (AGENTS[i], AGENTS[(i + 1 + rng.usize(..AGENTS.len() - 1)) % AGENTS.len()]);
+                    let handoff = EventData::HandoffCompleted {
+                        turn_id: None,
                         from_agent: from.into(),
+                        from_version: 1,
                         to_agent: to.into(),
                         to_version: 1,
-                        turn_id: None,
                         by: format!("racer {h}"),
                         reason: None,
-                        before: vec![],
                     };
-                    match store.handover(req).await {
-                        Ok(_) => handed.fetch_add(1, Ordering::SeqCst),
-                        Err(StoreError::PreconditionFailed(_)) => refused.fetch_add(1, Ordering::SeqCst),
+                    let req = crate::TransferRequest {
+                        session_id: id.clone(),
+                        fence: Fence::Client,
+                        precondition: Precondition::Owns(from.into()),
+                        from_agent: from.into(),
+                        to_agent: to.into(),
+                        turn_id: None,
+                        events: vec![handoff.into()],
+                    };
+                    match store.transfer(req).await {
+                        Ok(_) => counters[transferred].fetch_add(1, Ordering::SeqCst),
+                        Err(StoreError::PreconditionFailed(_)) => counters[refused].fetch_add(1, Ordering::SeqCst),
+                        Err(e) => panic!("{e}"),
+                    };
+                }
+            }));
+        }
+        for b in 0..2u64 {
+            let (store, id, turn, counters) = (store.clone(), id.clone(), turn.clone(), counters.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(run * 10_000 + b);
+                for _ in 0..25 {
+                    // The token first: a transfer after it makes the loan stale, whatever the state read next says.
+                    let held = current_token(&store, &id, &turn).await;
+                    let now = store.get_session(&id).await.unwrap().unwrap();
+                    let (events, to) = match now.lenders.last() {
+                        Some(lender) if rng.bool() => {
+                            let back = EventData::BorrowCompleted {
+                                turn_id: turn.clone(),
+                                call_id: None,
+                                lender: lender.clone(),
+                                lender_version: 1,
+                                borrower: now.agent.clone(),
+                                status: agentrt_types::event::BorrowStatus::Completed,
+                                steps: 0,
+                                output: Some("done".into()),
+                                error: None,
+                            };
+                            (vec![back.into()], lender.clone())
+                        }
+                        _ => {
+                            let mut chain = now.lenders.clone();
+                            chain.push(now.agent.clone());
+                            let Some(to) = AGENTS.iter().find(|a| !chain.iter().any(|c| c == *a)).map(|a| a.to_string()) else { continue };
+                            chain.push(to.clone());
+                            let lend = EventData::BorrowStarted {
+                                turn_id: turn.clone(),
+                                call_id: None,
+                                lender: now.agent.clone(),
+                                lender_version: 1,
+                                borrower: to.clone(),
+                                borrower_version: 1,
+                                input: "sub-task".into(),
+                                chain,
+                                max_steps: None,
+                                deadline_ms: None,
+                            };
+                            (vec![lend.into()], to)
+                        }
+                    };
+                    let req = crate::TransferRequest {
+                        session_id: id.clone(),
+                        fence: Fence::Lease { holder: "node".into(), token: held },
+                        precondition: Precondition::AgentIs(now.agent.clone()),
+                        from_agent: now.agent.clone(),
+                        to_agent: to,
+                        turn_id: Some(turn.clone()),
+                        events,
+                    };
+                    match store.transfer(req).await {
+                        Ok((appended, _)) => {
+                            let loan = appended.iter().any(|e| matches!(e.body.data, EventData::BorrowStarted { .. }));
+                            counters[if loan { lent } else { returned }].fetch_add(1, Ordering::SeqCst)
+                        }
+                        Err(StoreError::StaleFence { .. }) => counters[stale].fetch_add(1, Ordering::SeqCst),
+                        Err(StoreError::PreconditionFailed(_)) => counters[refused].fetch_add(1, Ordering::SeqCst),
                         Err(e) => panic!("{e}"),
                     };
                 }
@@ -531,33 +607,65 @@ async fn handovers_racing_writers_never_let_a_stale_token_write() {
         for t in tasks {
             t.await.unwrap();
         }
-        let (handed, refused, stale) = (handed.load(Ordering::SeqCst), refused.load(Ordering::SeqCst), stale.load(Ordering::SeqCst));
-        assert!(
-            handed > 0 && refused > 0 && stale > 0,
-            "run {run}: the race did not happen ({handed} handed, {refused} refused, {stale} stale)"
-        );
+        let n: Vec<usize> = counters.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+        assert!(n.iter().all(|c| *c > 0), "run {run}: the race did not happen (handed over, refused, stale, lent, returned: {n:?})");
 
-        let (mut agent, mut current, mut accepted, mut handoffs) = ("a".to_owned(), token, 0, 0);
+        let (mut agent, mut lenders, mut current) = ("a".to_owned(), Vec::<String>::new(), token);
+        let (mut accepted, mut transfers) = (0, 0);
         for e in store.read_events(&id, 0, 100_000).await.unwrap() {
+            let seq = e.seq();
             match &e.body.data {
                 EventData::HandoffCompleted { from_agent, to_agent, .. } => {
-                    assert_eq!(from_agent, &agent, "run {run}: seq {} handed over from an agent not in control", e.seq());
+                    assert_eq!(from_agent, &agent, "run {run}: seq {seq} handed over from an agent not in control");
+                    assert!(lenders.is_empty(), "run {run}: seq {seq} handed over a lent session");
                     agent = to_agent.clone();
-                    handoffs += 1;
+                    transfers += 1;
                 }
-                EventData::LeaseTransferred { old_token, new_token, .. } => {
-                    assert_eq!((*old_token, *new_token), (current, current + 1), "run {run}: seq {}", e.seq());
+                EventData::BorrowStarted { lender, borrower, chain, .. } => {
+                    assert_eq!(lender, &agent, "run {run}: seq {seq} lent by an agent not in control");
+                    lenders.push(lender.clone());
+                    agent = borrower.clone();
+                    let mut expected = lenders.clone();
+                    expected.push(agent.clone());
+                    assert_eq!(chain, &expected, "run {run}: seq {seq} chain");
+                    transfers += 1;
+                }
+                EventData::BorrowCompleted { lender, borrower, .. } => {
+                    assert_eq!(borrower, &agent, "run {run}: seq {seq} given back by an agent not in control");
+                    assert_eq!(Some(lender), lenders.last(), "run {run}: seq {seq} given back to an agent that did not lend it");
+                    agent = lenders.pop().unwrap();
+                    transfers += 1;
+                }
+                EventData::LeaseTransferred { old_token, new_token, to_agent, .. } => {
+                    assert_eq!((*old_token, *new_token), (current, current + 1), "run {run}: seq {seq}");
+                    assert_eq!(to_agent, &agent, "run {run}: seq {seq}");
                     current = *new_token;
                 }
                 EventData::Message { content, .. } => {
-                    assert_eq!(content, &format!("token {current}"), "run {run}: seq {} was written with a stale token", e.seq());
+                    assert_eq!(content, &format!("token {current}"), "run {run}: seq {seq} was written with a stale token");
                     accepted += 1;
                 }
                 _ => {}
             }
         }
-        assert_eq!(handoffs, handed, "run {run}: one handoff.completed per accepted handover");
-        assert_eq!(store.get_session(&id).await.unwrap().unwrap().agent, agent);
+        assert_eq!(transfers, n[transferred] + n[lent] + n[returned], "run {run}: one event per accepted transfer");
+        assert_eq!(current, token + transfers as u64, "run {run}");
+        let summary = store.get_session(&id).await.unwrap().unwrap();
+        assert_eq!((summary.agent, summary.lenders), (agent, lenders));
         assert!(accepted > 0);
+    }
+}
+
+fn lease_append(id: &SessionId, token: u64, events: Vec<agentrt_types::NewEvent>) -> AppendRequest {
+    AppendRequest { session_id: id.clone(), fence: Fence::Lease { holder: "node".into(), token }, precondition: None, events }
+}
+
+/// The session's fencing token, as an executor learns it: from the store's
+/// refusal of a write with a token that cannot be current.
+async fn current_token(store: &SqliteStore, id: &SessionId, turn: &TurnId) -> u64 {
+    let probe = EventData::Message { turn_id: turn.clone(), content: "probe".into() };
+    match store.append(lease_append(id, u64::MAX, vec![probe.into()])).await {
+        Err(StoreError::StaleFence { current, .. }) => current,
+        other => panic!("the probe was not refused: {other:?}"),
     }
 }

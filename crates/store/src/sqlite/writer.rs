@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::schema::db;
-use crate::{AgentVersion, AppendRequest, Fence, HandoverRequest, NewSession, Precondition, StoreError};
+use crate::{AgentVersion, AppendRequest, Fence, NewSession, Precondition, StoreError, TransferRequest};
 
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 512;
@@ -336,10 +336,15 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
     if let Some(Precondition::ApprovalPending(approval)) = &req.precondition {
         super::approvals::check_pending(tx, id, approval)?;
     }
-    if let Some(Precondition::AgentIs(agent)) = &req.precondition {
+    if let Some(Precondition::AgentIs(agent) | Precondition::Owns(agent)) = &req.precondition {
         if &row.summary.agent != agent {
             return Err(StoreError::PreconditionFailed(format!("session {id} is run by agent {:?}, not {agent:?}", row.summary.agent)));
         }
+    }
+    if let (Some(Precondition::Owns(agent)), Some(lender)) = (&req.precondition, row.summary.lenders.first()) {
+        return Err(StoreError::PreconditionFailed(format!(
+            "session {id} is lent to agent {agent:?} by {lender:?} for a sub-task; it goes back when the sub-task ends"
+        )));
     }
     let ts = now_ms();
     let mut spend = Spend::default();
@@ -374,9 +379,9 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
     Ok(out)
 }
 
-/// Appends a handover and moves the session's fencing token on (see
-/// [`HandoverRequest`]).
-pub fn handover(tx: &Transaction<'_>, req: HandoverRequest) -> Result<(Vec<Event>, u64), StoreError> {
+/// Passes control of a session and moves its fencing token on (see
+/// [`TransferRequest`]).
+pub fn transfer(tx: &Transaction<'_>, req: TransferRequest) -> Result<(Vec<Event>, u64), StoreError> {
     let (holder, token): (Option<String>, i64) = tx
         .query_row("SELECT lease_holder, lease_token FROM sessions WHERE id = ?1", params![req.session_id.as_str()], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -385,44 +390,20 @@ pub fn handover(tx: &Transaction<'_>, req: HandoverRequest) -> Result<(Vec<Event
         .map_err(db)?
         .ok_or_else(|| StoreError::SessionNotFound(req.session_id.clone()))?;
     let new_token = token as u64 + 1;
-    let from_version = tx
-        .query_row("SELECT summary FROM sessions WHERE id = ?1", params![req.session_id.as_str()], |r| r.get::<_, String>(0))
-        .map_err(db)
-        .and_then(|t| serde_json::from_str::<SessionSummary>(&t).map_err(|e| StoreError::Corrupt(format!("session summary: {e}"))))?
-        .agent_version;
-    let mut events = req.before;
-    events.push(
-        EventData::HandoffCompleted {
-            turn_id: req.turn_id.clone(),
-            from_agent: req.from_agent.clone(),
-            from_version,
-            to_agent: req.to_agent.clone(),
-            to_version: req.to_version,
-            by: req.by,
-            reason: req.reason,
-        }
-        .into(),
-    );
+    let mut events = req.events;
     events.push(
         EventData::LeaseTransferred {
             turn_id: req.turn_id,
             holder,
             old_token: token as u64,
             new_token,
-            from_agent: req.from_agent.clone(),
+            from_agent: req.from_agent,
             to_agent: req.to_agent,
         }
         .into(),
     );
-    let appended = append(
-        tx,
-        AppendRequest {
-            session_id: req.session_id.clone(),
-            fence: req.fence,
-            precondition: Some(Precondition::AgentIs(req.from_agent)),
-            events,
-        },
-    )?;
+    let appended =
+        append(tx, AppendRequest { session_id: req.session_id.clone(), fence: req.fence, precondition: Some(req.precondition), events })?;
     tx.execute("UPDATE sessions SET lease_token = ?2 WHERE id = ?1", params![req.session_id.as_str(), new_token as i64]).map_err(db)?;
     Ok((appended, new_token))
 }
