@@ -220,3 +220,59 @@ async fn json_log_lines_in_a_turn_carry_session_turn_and_trace_ids() {
     assert_eq!(ended["span"]["trace_id"], TRACE, "{ended}");
     assert_eq!(ended["level"], "INFO");
 }
+
+#[tokio::test]
+async fn a_borrowers_calls_are_traced_under_its_own_agent_span() {
+    const LENDER: &str = r#"
+[model]
+provider = "scripted"
+script = [{ tool_calls = [{ name = "agents.borrow", arguments = { agent = "helper", input = "look" } }] }, { text = "done" }]
+[agents]
+borrow = ["helper"]
+"#;
+    const HELPER: &str = r#"
+[model]
+provider = "scripted"
+script = [{ tool_calls = [{ name = "probe", arguments = {} }] }, { text = "seen" }]
+[[tools.http]]
+name = "probe"
+url = "COUNTER/probe"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let r = receiver("http", dir.path());
+    let counter = Counter::start().await;
+    let endpoint = format!("http://127.0.0.1:{}", r.port);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let server = Server::start_with_env(&dir.path().join("data"), &env);
+    server.apply("lender", LENDER).await;
+    server.apply("helper", &HELPER.replace("COUNTER", &counter.url)).await;
+    let session = server.session("lender").await;
+    let turn = server.submit(&session, "go").await;
+    assert_eq!(server.wait_turn(&session, &turn).await["status"], "completed");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&r.out).unwrap_or_default();
+        let spans: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let named = |n: &str| spans.iter().filter(|s| s["name"] == n).count();
+        if named("invoke_agent lender") == 1 && named("invoke_agent helper") == 1 && named("chat") == 4 && named("execute_tool probe") == 1
+        {
+            break spans;
+        }
+        assert!(Instant::now() < deadline, "spans did not arrive: {spans:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let one = |n: &str| spans.iter().find(|s| s["name"] == n).unwrap().clone();
+    let (root, loan, probe) = (one("invoke_agent lender"), one("invoke_agent helper"), one("execute_tool probe"));
+    assert_eq!(loan["parent_span_id"], root["span_id"], "the loan is traced under the lender's turn");
+    assert_eq!(loan["attributes"]["agentrt.lender"], "lender");
+    assert_eq!(loan["attributes"]["agentrt.borrow.status"], "completed");
+    assert_eq!(probe["parent_span_id"], loan["span_id"], "the borrower's tool call is under its span");
+    let parents: Vec<&Value> = spans.iter().filter(|s| s["name"] == "chat").map(|s| &s["parent_span_id"]).collect();
+    assert_eq!(parents.iter().filter(|p| **p == &loan["span_id"]).count(), 2, "the borrower's two model calls");
+    assert_eq!(parents.iter().filter(|p| **p == &root["span_id"]).count(), 2, "the lender's two model calls");
+}

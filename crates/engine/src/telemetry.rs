@@ -117,6 +117,21 @@ pub fn chat_span(provider: &str, model: &str, step: u32) -> Span {
     )
 }
 
+/// The span of a borrower's part of a turn, under its lender's: its model
+/// and tool calls are its children, so a decision can be followed through
+/// every agent of a loan chain.
+pub fn loan_span(borrower: &str, lender: &str) -> Span {
+    tracing::info_span!(
+        "invoke_agent",
+        otel.name = %format!("invoke_agent {borrower}"),
+        otel.kind = "internal",
+        gen_ai.operation.name = "invoke_agent",
+        gen_ai.agent.name = %borrower,
+        agentrt.lender = %lender,
+        agentrt.borrow.status = Empty,
+    )
+}
+
 /// The span of one tool call.
 pub fn tool_span(tool: &str, call_id: &str, step: u32, idempotent: bool) -> Span {
     tracing::info_span!(

@@ -126,6 +126,9 @@ struct TurnRun {
     policies: Option<Arc<crate::governance::Compiled>>,
     /// Tool intents that were open when the turn was loaded (crash recovery).
     recovering: bool,
+    /// One span per open loan, the innermost last: a borrower's model and
+    /// tool calls are traced under it.
+    loan_spans: Vec<tracing::Span>,
 }
 
 impl TurnRun {
@@ -179,6 +182,7 @@ impl TurnRun {
             policies: crate::governance::tenant_policies(inner, &session.tenant).await?,
             tenant_rate: inner.store.get_tenant(&session.tenant).await?.and_then(|t| t.tool_calls_per_second),
             recovering: false,
+            loan_spans: Vec::new(),
         };
         let mut after = 0;
         loop {
@@ -193,6 +197,9 @@ impl TurnRun {
             }
         }
         run.recovering = !run.progress.open_tools.is_empty();
+        for loan in run.progress.borrows.clone() {
+            run.open_loan_span(&loan.borrower, &loan.lender);
+        }
         run.agent = match load_agent(inner, &session.tenant, &session.agent, session.agent_version).await {
             Ok(a) => Some(a),
             Err(message) => {
@@ -424,7 +431,7 @@ impl TurnRun {
             tracing::warn!(server, error = %e, "MCP server unavailable; its tools are not offered this step");
         }
         let m = &agent.version.spec.model;
-        let span = telemetry::chat_span(&m.provider, &m.model, step);
+        let span = self.in_loan_span(|| telemetry::chat_span(&m.provider, &m.model, step));
         let request = ModelRequest {
             model: m.model.clone(),
             instructions: agent.version.spec.instructions.clone(),
@@ -499,7 +506,7 @@ impl TurnRun {
                 immediate.push(self.completed(&call, Outcome::Unknown, json!({"error": crate::UNKNOWN_OUTCOME}), 0, 0));
                 continue;
             }
-            let span = telemetry::tool_span(&call.call.name, &call.call.id, call.step, call.idempotent);
+            let span = self.in_loan_span(|| telemetry::tool_span(&call.call.name, &call.call.id, call.step, call.idempotent));
             if capture {
                 span.record("gen_ai.tool.call.arguments", call.call.arguments.to_string());
             }

@@ -140,7 +140,9 @@ impl TurnRun {
         if let Err(why) = self.pass_control(Precondition::AgentIs(from), &terms.agent, events).await? {
             return Ok(Err(why));
         }
-        tracing::info!(lender = %self.progress.borrows.last().map(|b| b.lender.as_str()).unwrap_or(""), borrower = %terms.agent, "session lent");
+        let lender = self.progress.borrows.last().map(|b| b.lender.clone()).unwrap_or_default();
+        tracing::info!(%lender, borrower = %terms.agent, "session lent");
+        self.open_loan_span(&terms.agent, &lender);
         if let Err(why) = self.switch_agent(&terms.agent, borrower.version).await {
             // The loan is on record: end it the same way, so the lender learns why.
             self.give_back(LoanEnd::failed(BorrowStatus::Failed, why), vec![]).await?;
@@ -183,6 +185,9 @@ impl TurnRun {
             Err(why) => return Err(Abort::Store(StoreError::Corrupt(why))),
         }
         tracing::info!(lender = %loan.lender, borrower = %from, status = end.status.as_str(), "session given back");
+        if let Some(span) = self.loan_spans.pop() {
+            span.record("agentrt.borrow.status", end.status.as_str());
+        }
         if let Err(why) = self.switch_agent(&loan.lender, loan.lender_version).await {
             self.fail(vec![], "agent_unavailable", &why).await?;
         }
@@ -300,6 +305,19 @@ impl TurnRun {
         };
         let latency_us = ((now_ms() - loan.started_ms).max(0) as u64) * 1000;
         self.completed(&call, outcome, output, latency_us, 1)
+    }
+
+    /// Opens the span of `borrower`'s part of the turn, under the lender's.
+    pub(super) fn open_loan_span(&mut self, borrower: &str, lender: &str) {
+        let span = self.in_loan_span(|| crate::telemetry::loan_span(borrower, lender));
+        self.loan_spans.push(span);
+    }
+
+    /// Makes a span as a child of the innermost loan's span (or of the
+    /// turn's, when the session is not lent).
+    pub(super) fn in_loan_span(&self, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+        let _entered = self.loan_spans.last().map(|s| s.enter());
+        make()
     }
 
     /// Passes control to `to` with `events` and takes the new token.
