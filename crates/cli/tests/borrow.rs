@@ -2,8 +2,9 @@
 //! another for a sub-task and gets the answer back as its call's result;
 //! loans nest and come back when the borrower runs out of steps or time; a
 //! borrower killed mid-task (SIGKILL) gives the session back to its lender
-//! with a failure after the restart, without repeating its call; and a
-//! client lends a session for one turn.
+//! with a failure after the restart, without repeating its call, while one
+//! waiting for an approval keeps waiting; cancelling the turn gives the
+//! session back; and a client lends a session for one turn.
 
 mod common;
 
@@ -300,5 +301,58 @@ url = "COUNTER/charge"
     let turn = server.submit(&session, "again").await;
     counter.wait_for("charge").await;
     assert_eq!(server.wait_turn(&session, &turn).await["status"], "completed");
+    assert_log_verifies(dir.path());
+}
+
+#[tokio::test]
+async fn a_borrower_waiting_for_approval_keeps_waiting_across_a_restart_and_goes_on_once_approved() {
+    const PAYER: &str = r#"
+[model]
+provider = "scripted"
+script = [{ tool_calls = [{ name = "pay", arguments = { amount = 600, to = "bob" } }] }, { text = "paid: {tool_results}" }]
+[[tools.http]]
+name = "pay"
+url = "COUNTER/pay"
+input_schema = { type = "object", properties = { amount = { type = "integer" }, to = { type = "string" } }, required = ["amount", "to"] }
+"#;
+    const SCHEMA: &str = r#"action "pay" in ["call_tool"] appliesTo {
+  principal: [Session], resource: [Tool],
+  context: { input: { amount: Long, to: String }, tool: String, server: String, agent: String, time: Time, turn: Turn },
+};"#;
+    const POLICIES: &str = r#"
+permit (principal, action, resource) unless { action == Action::"pay" };
+@approval("payments need a human") permit (principal, action == Action::"pay", resource);
+"#;
+    let Rig { dir, counter, mut server, session } = rig("front", FRONT, None).await;
+    server.apply("billing", &PAYER.replace("COUNTER", &counter.url)).await;
+    let (s, v) = server.call(reqwest::Method::PUT, "/v1/policies", Some(json!({"policies": POLICIES, "schema": SCHEMA}))).await;
+    assert_eq!(s, 201, "{v}");
+    let turn = server.submit(&session, "pay bob").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let approval = loop {
+        let v = server.get(&format!("/v1/approvals?status=pending&session={session}")).await;
+        if let Some(a) = v["approvals"].as_array().and_then(|a| a.first()) {
+            break a["id"].as_str().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no approval was asked for: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+
+    server.kill();
+    server = Server::start(dir.path());
+    let summary = server.get(&format!("/v1/sessions/{session}")).await;
+    assert_eq!((summary["status"].as_str(), summary["agent"].as_str()), (Some("waiting_approval"), Some("billing")), "{summary}");
+    let (s, v) = server.post(&format!("/v1/approvals/{approval}"), json!({"decision": "approve"})).await;
+    assert_eq!(s, 200, "{v}");
+    let t = server.wait_turn(&session, &turn).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(counter.count("pay"), 1, "the approved call ran once");
+
+    let events = server.events(&session).await;
+    let pay = event(&events, "tool.completed", Some("pay"));
+    assert_eq!(pay["outcome"], "ok", "the borrower was waiting, not at work: its approved call runs: {pay}");
+    assert_eq!(event(&events, "borrow.completed", None)["status"], "completed");
+    assert!(t["output"].as_str().unwrap().contains("paid: pay → "), "{t}");
+    server.kill();
     assert_log_verifies(dir.path());
 }

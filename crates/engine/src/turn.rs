@@ -196,7 +196,7 @@ impl TurnRun {
                 break;
             }
         }
-        run.recovering = !run.progress.open_tools.is_empty();
+        run.recovering = run.recovering_calls();
         for loan in run.progress.borrows.clone() {
             run.open_loan_span(&loan.borrower, &loan.lender);
         }
@@ -208,6 +208,12 @@ impl TurnRun {
             }
         };
         Ok(Some(run))
+    }
+
+    /// Whether tool calls were left in flight (a lending call is not: it
+    /// waits for its loan, not for a tool).
+    fn recovering_calls(&self) -> bool {
+        self.progress.open_tools.iter().any(|t| !self.progress.is_lending(&t.call.id))
     }
 
     fn observe(&mut self, e: &Event) {
@@ -263,6 +269,7 @@ impl TurnRun {
         let mut carry: Vec<NewEvent> = Vec::new();
         if let Some(end) = self.loan_interrupted() {
             self.give_back(end, vec![]).await?;
+            self.recovering = self.recovering_calls();
         }
         if let (Some(terms), false) = (self.turn.borrow.clone(), self.progress.client_loan_started || self.progress.ended) {
             self.lend_for_client(terms).await?;
