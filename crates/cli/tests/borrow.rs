@@ -315,17 +315,13 @@ name = "pay"
 url = "COUNTER/pay"
 input_schema = { type = "object", properties = { amount = { type = "integer" }, to = { type = "string" } }, required = ["amount", "to"] }
 "#;
-    const SCHEMA: &str = r#"action "pay" in ["call_tool"] appliesTo {
-  principal: [Session], resource: [Tool],
-  context: { input: { amount: Long, to: String }, tool: String, server: String, agent: String, time: Time, turn: Turn },
-};"#;
     const POLICIES: &str = r#"
 permit (principal, action, resource) unless { action == Action::"pay" };
 @approval("payments need a human") permit (principal, action == Action::"pay", resource);
 "#;
     let Rig { dir, counter, mut server, session } = rig("front", FRONT, None).await;
     server.apply("billing", &PAYER.replace("COUNTER", &counter.url)).await;
-    let (s, v) = server.call(reqwest::Method::PUT, "/v1/policies", Some(json!({"policies": POLICIES, "schema": SCHEMA}))).await;
+    let (s, v) = server.call(reqwest::Method::PUT, "/v1/policies", Some(json!({"policies": POLICIES, "schema": PAY_SCHEMA}))).await;
     assert_eq!(s, 201, "{v}");
     let turn = server.submit(&session, "pay bob").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -27,12 +27,6 @@ url = "COUNTER/pay"
 input_schema = { type = "object", properties = { amount = { type = "integer" }, to = { type = "string" } }, required = ["amount", "to"] }
 "#;
 
-/// Declares the `pay` HTTP tool's action for the policy schema.
-const PAY_SCHEMA: &str = r#"action "pay" in ["call_tool"] appliesTo {
-  principal: [Session], resource: [Tool],
-  context: { input: { amount: Long, to: String }, tool: String, server: String, agent: String, time: Time, turn: Turn },
-};"#;
-
 async fn put_policies(server: &Server, policies: &str) -> (u16, Value) {
     server.call(Method::PUT, "/v1/policies", Some(json!({"policies": policies, "schema": PAY_SCHEMA}))).await
 }

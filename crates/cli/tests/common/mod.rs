@@ -412,3 +412,9 @@ pub async fn rig(agent: &str, toml: &str, hold: Option<&str>) -> Rig {
     let session = server.session(agent).await;
     Rig { dir, counter, server, session }
 }
+
+/// Declares the `pay` HTTP tool's action for the policy schema.
+pub const PAY_SCHEMA: &str = r#"action "pay" in ["call_tool"] appliesTo {
+  principal: [Session], resource: [Tool],
+  context: { input: { amount: Long, to: String }, tool: String, server: String, agent: String, time: Time, turn: Turn },
+};"#;
