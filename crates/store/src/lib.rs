@@ -1,8 +1,10 @@
 //! Storage for agentrt: one [`Store`] trait over agents, sessions, the
 //! append-only session log, turn and session folds, leases with fencing
-//! tokens and the session key-value store; one [`StoreError`]. The embedded
-//! implementation is [`sqlite::SqliteStore`].
+//! tokens and the session key-value store; one [`StoreError`]. One SQL
+//! implementation ([`sql::SqlStore`]) runs on the embedded SQLite backend
+//! ([`sqlite::SqliteStore`]).
 
+pub mod sql;
 pub mod sqlite;
 mod types;
 

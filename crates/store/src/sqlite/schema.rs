@@ -3,6 +3,7 @@
 
 use rusqlite::Connection;
 
+use super::db;
 use crate::StoreError;
 
 /// Migrations in order; `user_version` records how many have run.
@@ -191,8 +192,4 @@ pub fn configure(conn: &Connection, durability: super::Durability) -> Result<(),
     conn.pragma_update(None, "synchronous", synchronous).map_err(db)?;
     conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
     Ok(())
-}
-
-pub(crate) fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
 }

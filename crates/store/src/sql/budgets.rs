@@ -6,124 +6,105 @@
 //! inside the writer's transaction, so two appends can never both take the
 //! last of a budget.
 
+use super::{args, parse, to_json, Db, Dialect};
+use crate::StoreError;
 use agentrt_types::budget::month_start_day;
 use agentrt_types::{Budget, BudgetBreach, BudgetId, BudgetPeriod, BudgetScope, SessionSummary, Spend, TurnSummary};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
-
-use super::schema::db;
-use super::writer::to_json;
-use crate::StoreError;
 
 const DAY_MS: i64 = 86_400_000;
 
-fn decode(text: String) -> Result<Budget, StoreError> {
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("budget: {e}")))
-}
-
-pub fn create(tx: &Transaction<'_>, budget: &Budget) -> Result<(), StoreError> {
-    tx.execute("INSERT INTO budgets (id, tenant, body) VALUES (?1, ?2, ?3)", params![budget.id.as_str(), budget.tenant, to_json(budget)?])
-        .map_err(db)?;
+pub fn create(tx: &dyn Db, budget: &Budget) -> Result<(), StoreError> {
+    tx.exec(
+        "INSERT INTO budgets (id, tenant, body) VALUES (?1, ?2, ?3)",
+        args![budget.id.as_str(), budget.tenant.as_str(), to_json(budget)?],
+    )?;
     Ok(())
 }
 
-pub fn get(conn: &Connection, id: &BudgetId) -> Result<Option<Budget>, StoreError> {
-    let text: Option<String> =
-        conn.query_row("SELECT body FROM budgets WHERE id = ?1", params![id.as_str()], |r| r.get(0)).optional().map_err(db)?;
-    text.map(decode).transpose()
+pub fn get(conn: &dyn Db, id: &BudgetId) -> Result<Option<Budget>, StoreError> {
+    conn.text("SELECT body FROM budgets WHERE id = ?1", args![id.as_str()])?.map(|t| parse(&t, "budget")).transpose()
 }
 
 /// Whether the tenant has any budget.
-pub fn tenant_has_any(conn: &Connection, tenant: &str) -> Result<bool, StoreError> {
-    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM budgets WHERE tenant = ?1)")
-        .map_err(db)?
-        .query_row(params![tenant], |r| r.get(0))
-        .map_err(db)
+pub fn tenant_has_any(conn: &dyn Db, tenant: &str) -> Result<bool, StoreError> {
+    Ok(conn.row("SELECT 1 FROM budgets WHERE tenant = ?1 LIMIT 1", args![tenant])?.is_some())
+}
+
+/// Makes budget checks of a tenant wait for each other across nodes, so
+/// that two nodes cannot both take the last of a budget (one writer per
+/// node already serializes them within a node).
+pub fn lock_tenant(tx: &dyn Db, tenant: &str) -> Result<(), StoreError> {
+    if tx.dialect() == Dialect::Postgres {
+        tx.rows("SELECT pg_advisory_xact_lock(hashtext(?1))::text", args![tenant])?;
+    }
+    Ok(())
 }
 
 /// A tenant's budgets, oldest first.
-pub fn list(conn: &Connection, tenant: &str) -> Result<Vec<Budget>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT body FROM budgets WHERE tenant = ?1 ORDER BY id").map_err(db)?;
-    let rows = stmt.query_map(params![tenant], |r| r.get::<_, String>(0)).map_err(db)?;
-    rows.map(|r| r.map_err(db).and_then(decode)).collect()
+pub fn list(conn: &dyn Db, tenant: &str) -> Result<Vec<Budget>, StoreError> {
+    let rows = conn.rows("SELECT body FROM budgets WHERE tenant = ?1 ORDER BY id", args![tenant])?;
+    rows.iter().map(|r| parse(&r.text(0)?, "budget")).collect()
 }
 
 /// Sets a tenant's budget's limit; `None` if the tenant has no such budget.
-pub fn set_limit(
-    tx: &Transaction<'_>,
-    tenant: &str,
-    id: &BudgetId,
-    limit: f64,
-    by: &str,
-    now_ms: i64,
-) -> Result<Option<Budget>, StoreError> {
+pub fn set_limit(tx: &dyn Db, tenant: &str, id: &BudgetId, limit: f64, by: &str, now_ms: i64) -> Result<Option<Budget>, StoreError> {
     let Some(mut budget) = get(tx, id)?.filter(|b| b.tenant == tenant) else { return Ok(None) };
     budget.limit = limit;
     budget.updated_ms = now_ms;
     budget.updated_by = by.to_owned();
-    tx.execute("UPDATE budgets SET body = ?2 WHERE id = ?1", params![id.as_str(), to_json(&budget)?]).map_err(db)?;
+    tx.exec("UPDATE budgets SET body = ?2 WHERE id = ?1", args![id.as_str(), to_json(&budget)?])?;
     Ok(Some(budget))
 }
 
 /// Deletes a tenant's budget; `None` if the tenant has no such budget.
-pub fn delete(tx: &Transaction<'_>, tenant: &str, id: &BudgetId) -> Result<Option<Budget>, StoreError> {
+pub fn delete(tx: &dyn Db, tenant: &str, id: &BudgetId) -> Result<Option<Budget>, StoreError> {
     let Some(budget) = get(tx, id)?.filter(|b| b.tenant == tenant) else { return Ok(None) };
-    tx.execute("DELETE FROM budgets WHERE id = ?1", params![id.as_str()]).map_err(db)?;
+    tx.exec("DELETE FROM budgets WHERE id = ?1", args![id.as_str()])?;
     Ok(Some(budget))
 }
 
 /// Adds `spend` to the day containing `ts_ms` of a tenant's agent.
-pub fn add_daily(tx: &Transaction<'_>, tenant: &str, agent: &str, ts_ms: i64, spend: &Spend) -> Result<(), StoreError> {
+pub fn add_daily(tx: &dyn Db, tenant: &str, agent: &str, ts_ms: i64, spend: &Spend) -> Result<(), StoreError> {
     if spend.is_zero() {
         return Ok(());
     }
-    tx.prepare_cached(
+    tx.exec(
         "INSERT INTO spend_daily (tenant, day, agent, tokens, cost_usd, tool_calls, steps, sandbox_cpu_us)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (tenant, day, agent) DO UPDATE SET
-           tokens = tokens + excluded.tokens, cost_usd = cost_usd + excluded.cost_usd,
-           tool_calls = tool_calls + excluded.tool_calls, steps = steps + excluded.steps,
-           sandbox_cpu_us = sandbox_cpu_us + excluded.sandbox_cpu_us",
-    )
-    .map_err(db)?
-    .execute(params![
-        tenant,
-        ts_ms.div_euclid(DAY_MS),
-        agent,
-        spend.tokens as i64,
-        spend.cost_usd,
-        spend.tool_calls as i64,
-        spend.steps as i64,
-        spend.sandbox_cpu_us as i64
-    ])
-    .map_err(db)?;
+           tokens = spend_daily.tokens + excluded.tokens, cost_usd = spend_daily.cost_usd + excluded.cost_usd,
+           tool_calls = spend_daily.tool_calls + excluded.tool_calls, steps = spend_daily.steps + excluded.steps,
+           sandbox_cpu_us = spend_daily.sandbox_cpu_us + excluded.sandbox_cpu_us",
+        args![tenant, ts_ms.div_euclid(DAY_MS), agent, spend.tokens, spend.cost_usd, spend.tool_calls, spend.steps, spend.sandbox_cpu_us],
+    )?;
     Ok(())
 }
 
 /// What a tenant (or one of its agents) spent in the day or month
 /// containing `now_ms`; nothing for turn and session periods.
-pub fn period_spend(conn: &Connection, tenant: &str, agent: Option<&str>, period: BudgetPeriod, now_ms: i64) -> Result<Spend, StoreError> {
+pub fn period_spend(conn: &dyn Db, tenant: &str, agent: Option<&str>, period: BudgetPeriod, now_ms: i64) -> Result<Spend, StoreError> {
     let today = now_ms.div_euclid(DAY_MS);
     let first = match period {
         BudgetPeriod::Day => today,
         BudgetPeriod::Month => month_start_day(now_ms),
         BudgetPeriod::Turn | BudgetPeriod::Session => return Ok(Spend::default()),
     };
-    conn.prepare_cached(
-        "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(tool_calls), 0), COALESCE(SUM(steps), 0),
-                COALESCE(SUM(sandbox_cpu_us), 0)
-         FROM spend_daily WHERE tenant = ?1 AND day >= ?2 AND day <= ?3 AND (?4 IS NULL OR agent = ?4)",
-    )
-    .map_err(db)?
-    .query_row(params![tenant, first, today, agent], |r| {
-        Ok(Spend {
-            tokens: r.get::<_, i64>(0)? as u64,
-            cost_usd: r.get(1)?,
-            tool_calls: r.get::<_, i64>(2)? as u64,
-            steps: r.get::<_, i64>(3)? as u64,
-            sandbox_cpu_us: r.get::<_, i64>(4)? as u64,
-        })
+    let r = conn
+        .row(
+            "SELECT CAST(COALESCE(SUM(tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION),
+                    CAST(COALESCE(SUM(tool_calls), 0) AS BIGINT), CAST(COALESCE(SUM(steps), 0) AS BIGINT),
+                    CAST(COALESCE(SUM(sandbox_cpu_us), 0) AS BIGINT)
+             FROM spend_daily WHERE tenant = ?1 AND day >= ?2 AND day <= ?3 AND (?4 IS NULL OR agent = ?4)",
+            args![tenant, first, today, agent],
+        )?
+        .ok_or_else(|| StoreError::Database("an aggregate answered no row".into()))?;
+    Ok(Spend {
+        tokens: r.int(0)? as u64,
+        cost_usd: r.real(1)?,
+        tool_calls: r.int(2)? as u64,
+        steps: r.int(3)? as u64,
+        sandbox_cpu_us: r.int(4)? as u64,
     })
-    .map_err(db)
 }
 
 /// Who is about to spend: a session (and its turn, when it has one), or a
@@ -139,7 +120,7 @@ pub struct Spender<'a> {
 /// tokens of the model answer that asked for it). Metrics counted when a
 /// call starts refuse when the call would take them past the limit; the
 /// others refuse once what was spent before the call has reached it.
-pub fn breach(conn: &Connection, who: &Spender<'_>, adding: &Spend, now_ms: i64) -> Result<Option<BudgetBreach>, StoreError> {
+pub fn breach(conn: &dyn Db, who: &Spender<'_>, adding: &Spend, now_ms: i64) -> Result<Option<BudgetBreach>, StoreError> {
     let budgets = list(conn, who.tenant)?;
     for b in budgets {
         let applies = match who.session {
@@ -172,7 +153,7 @@ pub fn breach(conn: &Connection, who: &Spender<'_>, adding: &Spend, now_ms: i64)
 /// The budget that refuses a gateway call now, if any: by a session (its
 /// running turn's budgets included), or by the tenant's API key.
 pub fn gateway_breach(
-    conn: &Connection,
+    conn: &dyn Db,
     tenant: &str,
     session: Option<&agentrt_types::SessionId>,
     now_ms: i64,

@@ -1,19 +1,20 @@
-//! The single writer thread. Every write goes through one connection on one
-//! dedicated thread; requests that queue up while a commit is in flight are
-//! committed together (group commit), so many sessions share one fsync.
-//! Each request runs in its own savepoint: one refused append does not undo
-//! the others in its group. Replies are sent only after the commit.
+//! The single writer thread of a node. Every write goes through one
+//! connection on one dedicated thread; requests that queue up while a
+//! commit is in flight are committed together (group commit), so many
+//! sessions share one fsync. Each request runs in its own savepoint: one
+//! refused append does not undo the others in its group. Replies are sent
+//! only after the commit. The backend provides the connection
+//! ([`WriteConn`]); everything else is shared.
 
 use std::sync::mpsc;
 
 use agentrt_types::event::{EventBody, GENESIS_HASH};
 use agentrt_types::time::now_ms;
 use agentrt_types::{AgentSpec, Event, EventData, NewEvent, SessionStatus, SessionSummary, Spend, TurnSummary, EVENT_SCHEMA_VERSION};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::schema::db;
+use super::{args, parse, to_json, Db};
 use crate::{AgentVersion, AppendRequest, Fence, NewSession, Precondition, StoreError, TransferRequest};
 
 /// Most requests committed in one transaction.
@@ -61,8 +62,11 @@ pub enum WriteOp {
     },
     /// Any other write: runs inside the group's transaction and returns
     /// what sends its reply once the commit is known.
-    Run(Box<dyn FnOnce(&Transaction<'_>) -> Reply + Send>),
+    Run(Work),
 }
+
+/// The work of a [`WriteOp::Run`]: runs in the group's transaction.
+pub type Work = Box<dyn FnOnce(&dyn Db) -> Reply + Send>;
 
 /// Sends a [`WriteOp::Run`]'s reply, given the commit error if any.
 pub type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
@@ -70,7 +74,7 @@ pub type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 impl WriteOp {
     /// A write running `f` in a savepoint, answered on `reply` after commit.
     pub fn run<T: Send + 'static>(
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&dyn Db) -> Result<T, StoreError> + Send + 'static,
         reply: oneshot::Sender<Result<T, StoreError>>,
     ) -> WriteOp {
         WriteOp::Run(Box::new(move |tx| {
@@ -116,11 +120,11 @@ fn pick<T>(r: Result<T, StoreError>, e: Option<&str>) -> Result<T, StoreError> {
 }
 
 /// Runs `f` in a savepoint, rolled back if it fails.
-fn scoped<T>(tx: &Transaction<'_>, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
-    tx.execute_batch("SAVEPOINT op").map_err(db)?;
+fn scoped<T>(tx: &dyn Db, f: impl FnOnce(&dyn Db) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    tx.batch("SAVEPOINT op")?;
     let r = f(tx);
-    let end = if r.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
-    tx.execute_batch(end).map_err(db)?;
+    let end = if r.is_ok() { "RELEASE SAVEPOINT op" } else { "ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op" };
+    tx.batch(end)?;
     r
 }
 
@@ -142,8 +146,15 @@ fn next_op(rx: &mpsc::Receiver<WriteOp>) -> Option<WriteOp> {
     }
 }
 
+/// The writer's connection, as its backend opens transactions on it.
+pub trait WriteConn: Send + 'static {
+    /// Opens a transaction, runs `f` in it and commits. An error says why
+    /// the transaction could not be opened (`f` did not run) or committed.
+    fn transact(&mut self, f: &mut dyn FnMut(&dyn Db)) -> Result<(), String>;
+}
+
 /// Runs the writer loop until every sender is dropped.
-pub fn run(mut conn: Connection, rx: mpsc::Receiver<WriteOp>) {
+pub fn run(mut conn: impl WriteConn, rx: mpsc::Receiver<WriteOp>) {
     while let Some(first) = next_op(&rx) {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -156,24 +167,20 @@ pub fn run(mut conn: Connection, rx: mpsc::Receiver<WriteOp>) {
     }
 }
 
-fn commit_group(conn: &mut Connection, group: Vec<WriteOp>) {
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let msg = e.to_string();
-            for op in group {
-                fail(op, &msg);
-            }
-            return;
-        }
-    };
+fn commit_group(conn: &mut impl WriteConn, group: Vec<WriteOp>) {
     let mut done = Vec::with_capacity(group.len());
-    for op in group {
-        done.push(apply_in_savepoint(&tx, op));
-    }
-    let commit_err = tx.commit().err().map(|e| e.to_string());
+    let mut todo = Some(group);
+    let result = conn.transact(&mut |tx| {
+        for op in todo.take().unwrap_or_default() {
+            done.push(apply_in_savepoint(tx, op));
+        }
+    });
+    let commit_err = result.err();
     if let Some(e) = &commit_err {
         tracing::error!(error = %e, "store commit failed");
+        for op in todo.into_iter().flatten() {
+            fail(op, e);
+        }
     }
     for d in done {
         d.send(commit_err.as_deref());
@@ -195,7 +202,7 @@ fn fail(op: WriteOp, msg: &str) {
 }
 
 /// Runs one op inside a savepoint, rolled back if the op fails.
-fn apply_in_savepoint(tx: &Transaction<'_>, op: WriteOp) -> Done {
+fn apply_in_savepoint(tx: &dyn Db, op: WriteOp) -> Done {
     match op {
         WriteOp::Run(f) => Done::Run(f(tx)),
         WriteOp::PutAgent { tenant, name, spec, reply } => Done::PutAgent(reply, scoped(tx, |tx| put_agent(tx, &tenant, &name, &spec))),
@@ -207,53 +214,43 @@ fn apply_in_savepoint(tx: &Transaction<'_>, op: WriteOp) -> Done {
         WriteOp::ReleaseLease { session, holder, token, reply } => Done::Unit(
             reply,
             scoped(tx, |tx| {
-                tx.execute(
+                tx.exec(
                     "UPDATE sessions SET lease_holder = NULL, lease_expires_ms = 0 WHERE id = ?1 AND lease_holder = ?2 AND lease_token = ?3",
-                    params![session.as_str(), holder, token as i64],
-                )
-                .map_err(db)?;
+                    args![session.as_str(), holder, token],
+                )?;
                 Ok(())
             }),
         ),
         WriteOp::RenewLeases { holder, ttl_ms, reply } => Done::Count(
             reply,
-            scoped(tx, |tx| {
-                let n = tx
-                    .execute("UPDATE sessions SET lease_expires_ms = ?2 WHERE lease_holder = ?1", params![holder, now_ms() + ttl_ms])
-                    .map_err(db)?;
-                Ok(n as u64)
-            }),
+            scoped(tx, |tx| tx.exec("UPDATE sessions SET lease_expires_ms = ?2 WHERE lease_holder = ?1", args![holder, now_ms() + ttl_ms])),
         ),
         WriteOp::KvSet { session, key, value, reply } => Done::Unit(
             reply,
             scoped(tx, |tx| {
-                tx.execute(
+                tx.exec(
                     "INSERT INTO kv (session_id, key, value) VALUES (?1, ?2, ?3)
                      ON CONFLICT (session_id, key) DO UPDATE SET value = excluded.value",
-                    params![session.as_str(), key, value.to_string()],
-                )
-                .map_err(db)?;
+                    args![session.as_str(), key, value.to_string()],
+                )?;
                 Ok(())
             }),
         ),
     }
 }
 
-fn put_agent(tx: &Transaction<'_>, tenant: &str, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
-    let latest: Option<u32> =
-        tx.query_row("SELECT MAX(version) FROM agents WHERE tenant = ?1 AND name = ?2", params![tenant, name], |r| r.get(0)).map_err(db)?;
-    let version = latest.unwrap_or(0) + 1;
+fn put_agent(tx: &dyn Db, tenant: &str, name: &str, spec: &AgentSpec) -> Result<AgentVersion, StoreError> {
+    let latest = tx.row("SELECT MAX(version) FROM agents WHERE tenant = ?1 AND name = ?2", args![tenant, name])?;
+    let version = latest.map(|r| r.opt_int(0)).transpose()?.flatten().unwrap_or(0) as u32 + 1;
     let created_ms = now_ms();
-    let text = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO agents (tenant, name, version, spec, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![tenant, name, version, text, created_ms],
-    )
-    .map_err(db)?;
+        args![tenant, name, version, to_json(spec)?, created_ms],
+    )?;
     Ok(AgentVersion { name: name.to_owned(), version, spec: spec.clone(), created_ms })
 }
 
-fn create_session(tx: &Transaction<'_>, new: NewSession) -> Result<(SessionSummary, Event), StoreError> {
+fn create_session(tx: &dyn Db, new: NewSession) -> Result<(SessionSummary, Event), StoreError> {
     let body = EventBody {
         v: EVENT_SCHEMA_VERSION,
         seq: 1,
@@ -269,11 +266,10 @@ fn create_session(tx: &Transaction<'_>, new: NewSession) -> Result<(SessionSumma
     let (event, text) = Event::seal(body, GENESIS_HASH);
     let summary = SessionSummary::from_created(&event).expect("event is session.created");
     insert_event(tx, &event, &text)?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO sessions (id, agent, status, created_ms, summary, last_seq, last_hash, tenant) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![new.id.as_str(), new.agent, summary.status.as_str(), summary.created_ms, to_json(&summary)?, 1i64, event.hash, new.tenant],
-    )
-    .map_err(db)?;
+        args![new.id.as_str(), new.agent, summary.status.as_str(), summary.created_ms, to_json(&summary)?, 1i64, event.hash.as_str(), new.tenant],
+    )?;
     Ok((summary, event))
 }
 
@@ -284,22 +280,15 @@ struct SessionRow {
     lease_token: u64,
 }
 
-fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreError> {
+fn append(tx: &dyn Db, req: AppendRequest) -> Result<Vec<Event>, StoreError> {
     let id = &req.session_id;
-    let row = tx
-        .prepare_cached("SELECT summary, last_hash, lease_holder, lease_token FROM sessions WHERE id = ?1")
-        .map_err(db)?
-        .query_row(params![id.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, i64>(3)?))
-        })
-        .optional()
-        .map_err(db)?
-        .ok_or_else(|| StoreError::SessionNotFound(id.clone()))?;
+    let sql = format!("SELECT summary, last_hash, lease_holder, lease_token FROM sessions WHERE id = ?1{}", tx.for_update());
+    let row = tx.row(&sql, args![id.as_str()])?.ok_or_else(|| StoreError::SessionNotFound(id.clone()))?;
     let mut row = SessionRow {
-        summary: serde_json::from_str(&row.0).map_err(|e| StoreError::Corrupt(format!("session summary: {e}")))?,
-        last_hash: row.1,
-        lease_holder: row.2,
-        lease_token: row.3 as u64,
+        summary: parse(&row.text(0)?, "session summary")?,
+        last_hash: row.text(1)?,
+        lease_holder: row.opt_text(2)?,
+        lease_token: row.int(3)? as u64,
     };
     match &req.fence {
         Fence::Client => {
@@ -319,12 +308,7 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
         }
     }
     if let Some(Precondition::TurnStatus(turn, want)) = &req.precondition {
-        let status: Option<String> = tx
-            .prepare_cached("SELECT status FROM turns WHERE session_id = ?1 AND turn_id = ?2")
-            .map_err(db)?
-            .query_row(params![id.as_str(), turn.as_str()], |r| r.get(0))
-            .optional()
-            .map_err(db)?;
+        let status = tx.text("SELECT status FROM turns WHERE session_id = ?1 AND turn_id = ?2", args![id.as_str(), turn.as_str()])?;
         if status.as_deref() != Some(want.as_str()) {
             return Err(StoreError::PreconditionFailed(format!(
                 "turn {turn} is {}, expected {}",
@@ -354,6 +338,9 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
     // Tenants without budgets skip budget work (one indexed lookup): their
     // day and month spend is not kept, which keeps their commits small.
     let budgeted = !spend.is_zero() && super::budgets::tenant_has_any(tx, &row.summary.tenant)?;
+    if budgeted {
+        super::budgets::lock_tenant(tx, &row.summary.tenant)?;
+    }
     if budgeted && spend.steps > 0 {
         check_budgets(tx, &row.summary, &req.events, &spend, ts)?;
     }
@@ -372,23 +359,19 @@ fn append(tx: &Transaction<'_>, req: AppendRequest) -> Result<Vec<Event>, StoreE
     if budgeted {
         super::budgets::add_daily(tx, &row.summary.tenant, &row.summary.agent, ts, &spend)?;
     }
-    tx.prepare_cached("UPDATE sessions SET status = ?2, summary = ?3, last_seq = ?4, last_hash = ?5 WHERE id = ?1")
-        .map_err(db)?
-        .execute(params![id.as_str(), row.summary.status.as_str(), to_json(&row.summary)?, row.summary.last_seq as i64, row.last_hash])
-        .map_err(db)?;
+    tx.exec(
+        "UPDATE sessions SET status = ?2, summary = ?3, last_seq = ?4, last_hash = ?5 WHERE id = ?1",
+        args![id.as_str(), row.summary.status.as_str(), to_json(&row.summary)?, row.summary.last_seq, row.last_hash],
+    )?;
     Ok(out)
 }
 
 /// Passes control of a session and moves its fencing token on (see
 /// [`TransferRequest`]).
-pub fn transfer(tx: &Transaction<'_>, req: TransferRequest) -> Result<(Vec<Event>, u64), StoreError> {
-    let (holder, token): (Option<String>, i64) = tx
-        .query_row("SELECT lease_holder, lease_token FROM sessions WHERE id = ?1", params![req.session_id.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()
-        .map_err(db)?
-        .ok_or_else(|| StoreError::SessionNotFound(req.session_id.clone()))?;
+pub fn transfer(tx: &dyn Db, req: TransferRequest) -> Result<(Vec<Event>, u64), StoreError> {
+    let sql = format!("SELECT lease_holder, lease_token FROM sessions WHERE id = ?1{}", tx.for_update());
+    let row = tx.row(&sql, args![req.session_id.as_str()])?.ok_or_else(|| StoreError::SessionNotFound(req.session_id.clone()))?;
+    let (holder, token) = (row.opt_text(0)?, row.int(1)?);
     let new_token = token as u64 + 1;
     let mut events = req.events;
     events.push(
@@ -404,13 +387,13 @@ pub fn transfer(tx: &Transaction<'_>, req: TransferRequest) -> Result<(Vec<Event
     );
     let appended =
         append(tx, AppendRequest { session_id: req.session_id.clone(), fence: req.fence, precondition: Some(req.precondition), events })?;
-    tx.execute("UPDATE sessions SET lease_token = ?2 WHERE id = ?1", params![req.session_id.as_str(), new_token as i64]).map_err(db)?;
+    tx.exec("UPDATE sessions SET lease_token = ?2 WHERE id = ?1", args![req.session_id.as_str(), new_token])?;
     Ok((appended, new_token))
 }
 
 /// Refuses an append that starts model or tool calls a budget does not
 /// allow; `spend` is what the append adds.
-fn check_budgets(tx: &Transaction<'_>, session: &SessionSummary, events: &[NewEvent], spend: &Spend, ts: i64) -> Result<(), StoreError> {
+fn check_budgets(tx: &dyn Db, session: &SessionSummary, events: &[NewEvent], spend: &Spend, ts: i64) -> Result<(), StoreError> {
     let turn = match events.iter().find_map(|e| e.data.turn_id()) {
         Some(t) => read_turn(tx, &session.id, t)?,
         None => None,
@@ -422,41 +405,27 @@ fn check_budgets(tx: &Transaction<'_>, session: &SessionSummary, events: &[NewEv
     }
 }
 
-fn read_turn(
-    tx: &Transaction<'_>,
-    session: &agentrt_types::SessionId,
-    turn: &agentrt_types::TurnId,
-) -> Result<Option<TurnSummary>, StoreError> {
-    let text: Option<String> = tx
-        .prepare_cached("SELECT summary FROM turns WHERE session_id = ?1 AND turn_id = ?2")
-        .map_err(db)?
-        .query_row(params![session.as_str(), turn.as_str()], |r| r.get(0))
-        .optional()
-        .map_err(db)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("turn summary: {e}")))).transpose()
+fn read_turn(tx: &dyn Db, session: &agentrt_types::SessionId, turn: &agentrt_types::TurnId) -> Result<Option<TurnSummary>, StoreError> {
+    super::read::get_turn(tx, session, turn)
 }
 
 /// Keeps the turn fold in step with the log.
-fn apply_to_turn(tx: &Transaction<'_>, event: &Event) -> Result<(), StoreError> {
+fn apply_to_turn(tx: &dyn Db, event: &Event) -> Result<(), StoreError> {
     let Some(turn_id) = event.body.data.turn_id() else { return Ok(()) };
     let sid = event.body.session_id.as_str();
     if let Some(turn) = TurnSummary::from_submitted(event) {
-        let inserted = tx
-            .prepare_cached(
-                "INSERT INTO turns (session_id, turn_id, status, idempotency_key, submitted_seq, summary)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-            )
-            .map_err(db)?
-            .execute(params![sid, turn_id.as_str(), turn.status.as_str(), turn.idempotency_key, turn.submitted_seq as i64, to_json(&turn)?])
-            .map_err(db)?;
+        let inserted = tx.exec(
+            "INSERT INTO turns (session_id, turn_id, status, idempotency_key, submitted_seq, summary)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            args![sid, turn_id.as_str(), turn.status.as_str(), turn.idempotency_key.as_deref(), turn.submitted_seq, to_json(&turn)?],
+        )?;
         if inserted == 0 {
-            let existing: String = tx
-                .query_row(
+            let existing = tx
+                .text(
                     "SELECT turn_id FROM turns WHERE session_id = ?1 AND idempotency_key = ?2",
-                    params![sid, turn.idempotency_key],
-                    |r| r.get(0),
-                )
-                .map_err(db)?;
+                    args![sid, turn.idempotency_key.as_deref()],
+                )?
+                .ok_or_else(|| StoreError::Corrupt(format!("turn {turn_id} was refused but no turn has its key")))?;
             let existing =
                 agentrt_types::TurnId::parse(&existing).ok_or_else(|| StoreError::Corrupt(format!("bad turn id {existing:?}")))?;
             return Err(StoreError::DuplicateIdempotencyKey(existing));
@@ -467,51 +436,42 @@ fn apply_to_turn(tx: &Transaction<'_>, event: &Event) -> Result<(), StoreError> 
         return Err(StoreError::PreconditionFailed(format!("turn {turn_id} was never submitted")));
     };
     turn.apply(event);
-    tx.prepare_cached("UPDATE turns SET status = ?3, summary = ?4 WHERE session_id = ?1 AND turn_id = ?2")
-        .map_err(db)?
-        .execute(params![sid, turn_id.as_str(), turn.status.as_str(), to_json(&turn)?])
-        .map_err(db)?;
+    tx.exec(
+        "UPDATE turns SET status = ?3, summary = ?4 WHERE session_id = ?1 AND turn_id = ?2",
+        args![sid, turn_id.as_str(), turn.status.as_str(), to_json(&turn)?],
+    )?;
     Ok(())
 }
 
 fn acquire_lease(
-    tx: &Transaction<'_>,
+    tx: &dyn Db,
     session: &agentrt_types::SessionId,
     holder: &str,
     ttl_ms: i64,
     force: bool,
 ) -> Result<Option<u64>, StoreError> {
     let now = now_ms();
-    let row: Option<(Option<String>, i64, i64)> = tx
-        .query_row("SELECT lease_holder, lease_token, lease_expires_ms FROM sessions WHERE id = ?1", params![session.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()
-        .map_err(db)?;
-    let Some((current, token, expires)) = row else {
+    let sql = format!("SELECT lease_holder, lease_token, lease_expires_ms FROM sessions WHERE id = ?1{}", tx.for_update());
+    let Some(row) = tx.row(&sql, args![session.as_str()])? else {
         return Err(StoreError::SessionNotFound(session.clone()));
     };
+    let (current, token, expires) = (row.opt_text(0)?, row.int(1)?, row.int(2)?);
     let free = current.is_none() || expires <= now || current.as_deref() == Some(holder);
     if !free && !force {
         return Ok(None);
     }
     let token = token + 1;
-    tx.execute(
+    tx.exec(
         "UPDATE sessions SET lease_holder = ?2, lease_token = ?3, lease_expires_ms = ?4 WHERE id = ?1",
-        params![session.as_str(), holder, token, now + ttl_ms],
-    )
-    .map_err(db)?;
+        args![session.as_str(), holder, token, now + ttl_ms],
+    )?;
     Ok(Some(token as u64))
 }
 
-fn insert_event(tx: &Transaction<'_>, event: &Event, text: &str) -> Result<(), StoreError> {
-    tx.prepare_cached("INSERT INTO events (session_id, seq, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .map_err(db)?
-        .execute(params![event.body.session_id.as_str(), event.body.seq as i64, text, event.prev_hash, event.hash])
-        .map_err(db)?;
+fn insert_event(tx: &dyn Db, event: &Event, text: &str) -> Result<(), StoreError> {
+    tx.exec(
+        "INSERT INTO events (session_id, seq, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+        args![event.body.session_id.as_str(), event.body.seq, text, event.prev_hash.as_str(), event.hash.as_str()],
+    )?;
     Ok(())
-}
-
-pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
