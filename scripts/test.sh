@@ -47,6 +47,11 @@ if [ "$(cat "target/sandbox-py/$SANDBOX_PY/.pins" 2>/dev/null)" != "$SANDBOX_PIN
 fi
 export AGENTRT_TEST_SANDBOX_PY="$PWD/target/sandbox-py/$SANDBOX_PY"
 
+# A throwaway PostgreSQL server (Debian's packages): the store suite runs
+# on it as well as on SQLite.
+AGENTRT_TEST_POSTGRES="$(./scripts/pg-test-server.sh)"
+export AGENTRT_TEST_POSTGRES
+
 echo "== fmt"
 cargo fmt --check
 

@@ -15,8 +15,12 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
-    /// Directory holding the SQLite database and the lock file.
+    /// Directory holding the SQLite database (unless `store` says
+    /// otherwise), sandbox workspaces and the lock file.
     pub data_dir: PathBuf,
+    /// Where sessions are stored: empty for SQLite in `data-dir`, or a
+    /// PostgreSQL URL (`postgres://user:password@host:5432/db`).
+    pub store: String,
     /// `text` or `json` log lines on stderr.
     pub log_format: LogFormat,
     /// This node's name (lease holder); generated when empty.
@@ -76,6 +80,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:7700".parse().expect("valid default address"),
             data_dir: default_data_dir(),
+            store: String::new(),
             log_format: LogFormat::Text,
             node_id: String::new(),
             lease_ttl_seconds: 30,
@@ -113,6 +118,7 @@ pub fn default_data_dir() -> PathBuf {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub store: Option<String>,
     pub log_format: Option<LogFormat>,
     pub dev_mode: bool,
 }
@@ -123,6 +129,7 @@ pub struct Overrides {
 struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
     log_format: Option<LogFormat>,
     node_id: Option<String>,
     lease_ttl_seconds: Option<u64>,
@@ -155,6 +162,7 @@ impl Config {
             take!(
                 listen,
                 data_dir,
+                store,
                 log_format,
                 node_id,
                 lease_ttl_seconds,
@@ -180,6 +188,9 @@ impl Config {
         }
         if let Some(v) = overrides.data_dir {
             c.data_dir = v;
+        }
+        if let Some(v) = overrides.store {
+            c.store = v;
         }
         if let Some(v) = overrides.log_format {
             c.log_format = v;
@@ -239,6 +250,9 @@ impl Config {
         }
         if self.http_timeout_seconds == 0 {
             bail!("http-timeout-seconds must be at least 1");
+        }
+        if !self.store.is_empty() && !agentrt_store::postgres::is_url(&self.store) {
+            bail!("store must be empty (SQLite in data-dir) or a PostgreSQL URL such as postgres://user:password@host:5432/db");
         }
         Ok(())
     }

@@ -48,6 +48,10 @@ struct ServerArgs {
     /// Data directory [default: $XDG_DATA_HOME/agentrt or ~/.local/share/agentrt].
     #[arg(long, env = "AGENTRT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where sessions are stored: empty for SQLite in the data directory,
+    /// or a PostgreSQL URL (`postgres://user:password@host:5432/db`).
+    #[arg(long, env = "AGENTRT_STORE")]
+    store: Option<String>,
     /// TOML config file.
     #[arg(long, env = "AGENTRT_CONFIG")]
     config: Option<PathBuf>,
@@ -64,7 +68,7 @@ impl ServerArgs {
     fn load(self) -> anyhow::Result<Config> {
         Config::load(
             self.config.as_deref(),
-            Overrides { listen: self.listen, data_dir: self.data_dir, log_format: self.log_format, dev_mode: self.dev },
+            Overrides { listen: self.listen, data_dir: self.data_dir, store: self.store, log_format: self.log_format, dev_mode: self.dev },
         )
     }
 }
@@ -167,7 +171,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Dump(args)) => {
             let config = args.load()?;
             let mut table = toml::Table::try_from(&config)?;
-            // Provider keys never leave the config file.
+            // Provider keys and the store's password never leave the config file.
+            if let Some(toml::Value::String(url)) = table.get_mut("store") {
+                *url = redact_password(url);
+            }
             if let Some(toml::Value::Table(models)) = table.get_mut("models") {
                 for (_, route) in models.iter_mut() {
                     if let Some(key) = route.get_mut("api-key") {
@@ -191,5 +198,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approvals(c) => approvals::approvals(&ctx, c).await,
         Command::Budgets(c) => budgets::budgets(&ctx, c).await,
         Command::Usage { group_by, since, until } => usage::usage(&ctx, group_by, since.as_deref(), until.as_deref()).await,
+    }
+}
+
+/// A URL with its password (`scheme://user:password@host…`) replaced.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            format!("{scheme}://{}:<redacted>@{host}", user.split_once(':').map_or(user, |(u, _)| u))
+        }
+        _ => url.to_owned(),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use agentrt_api::{router, AppState};
 use agentrt_engine::{Engine, EngineConfig};
 use agentrt_sandbox::bridge::GatewayBridge;
-use agentrt_store::sqlite::SqliteStore;
+use agentrt_store::sql::SqlStore;
 use agentrt_types::{Principal, SessionId};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +25,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let lock = File::create(&lock_path).with_context(|| format!("create {}", lock_path.display()))?;
     lock.try_lock().map_err(|_| anyhow::anyhow!("data dir {} is in use by another agentrt process", config.data_dir.display()))?;
 
-    let db = config.data_dir.join("agentrt.db");
-    let store = Arc::new(SqliteStore::open_with(&db, config.store_durability).with_context(|| format!("open store {}", db.display()))?);
+    let store = Arc::new(open_store(&config)?);
     let gateway = if config.models.is_empty() {
         None
     } else {
@@ -35,7 +34,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let mut engine_config = EngineConfig {
         lease_ttl: config.lease_ttl(),
-        exclusive_store: true,
+        // Other nodes may hold leases on a shared database: wait them out.
+        exclusive_store: config.store.is_empty(),
         max_input_bytes: config.max_input_bytes,
         http_timeout: Duration::from_secs(config.http_timeout_seconds),
         capture_content: config.otel_capture_content,
@@ -172,4 +172,13 @@ fn speaks_our_protocol(program: &std::path::Path) -> bool {
     }
     tracing::warn!(program = %program.display(), theirs, ours, "sandbox agent speaks another protocol version; using agentrt itself");
     false
+}
+
+/// The store the config names: SQLite in the data directory, or PostgreSQL.
+fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    if config.store.is_empty() {
+        let db = config.data_dir.join("agentrt.db");
+        return SqlStore::open_with(&db, config.store_durability).with_context(|| format!("open store {}", db.display()));
+    }
+    SqlStore::connect_postgres(&config.store).context("connect to the PostgreSQL store")
 }

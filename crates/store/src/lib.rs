@@ -2,8 +2,9 @@
 //! append-only session log, turn and session folds, leases with fencing
 //! tokens and the session key-value store; one [`StoreError`]. One SQL
 //! implementation ([`sql::SqlStore`]) runs on the embedded SQLite backend
-//! ([`sqlite::SqliteStore`]).
+//! ([`sqlite::SqliteStore`]) or on PostgreSQL ([`postgres`]).
 
+pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 mod types;

@@ -84,7 +84,7 @@ pub fn get(conn: &dyn Db, id: &ApprovalId) -> Result<Option<Approval>, StoreErro
 /// A tenant's approvals, newest first.
 pub fn list(conn: &dyn Db, f: &ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
     let rows = conn.rows(
-        "SELECT summary FROM approvals WHERE tenant = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR session_id = ?3)
+        "SELECT summary FROM approvals WHERE tenant = ?1 AND (CAST(?2 AS TEXT) IS NULL OR status = ?2) AND (CAST(?3 AS TEXT) IS NULL OR session_id = ?3)
          ORDER BY id DESC LIMIT ?4",
         args![f.tenant.as_str(), f.status.map(|s| s.as_str()), f.session.as_ref().map(|s| s.as_str()), f.limit],
     )?;

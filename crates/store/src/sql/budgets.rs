@@ -94,7 +94,7 @@ pub fn period_spend(conn: &dyn Db, tenant: &str, agent: Option<&str>, period: Bu
             "SELECT CAST(COALESCE(SUM(tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION),
                     CAST(COALESCE(SUM(tool_calls), 0) AS BIGINT), CAST(COALESCE(SUM(steps), 0) AS BIGINT),
                     CAST(COALESCE(SUM(sandbox_cpu_us), 0) AS BIGINT)
-             FROM spend_daily WHERE tenant = ?1 AND day >= ?2 AND day <= ?3 AND (?4 IS NULL OR agent = ?4)",
+             FROM spend_daily WHERE tenant = ?1 AND day >= ?2 AND day <= ?3 AND (CAST(?4 AS TEXT) IS NULL OR agent = ?4)",
             args![tenant, first, today, agent],
         )?
         .ok_or_else(|| StoreError::Database("an aggregate answered no row".into()))?;

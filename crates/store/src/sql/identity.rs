@@ -97,7 +97,7 @@ pub fn put_policies(tx: &dyn Db, tenant: &str, text: &str, schema: Option<&str>,
 }
 
 pub fn get_policies(conn: &dyn Db, tenant: &str, version: Option<u32>) -> Result<Option<PolicyVersion>, StoreError> {
-    let sql = "SELECT version, text, schema, created_ms, created_by FROM policies WHERE tenant = ?1 AND (?2 IS NULL OR version = ?2)
+    let sql = "SELECT version, text, schema, created_ms, created_by FROM policies WHERE tenant = ?1 AND (CAST(?2 AS BIGINT) IS NULL OR version = ?2)
                ORDER BY version DESC LIMIT 1";
     conn.row(sql, args![tenant, version])?
         .map(|r| {

@@ -11,6 +11,9 @@ mod store;
 pub(crate) mod usage;
 pub(crate) mod writer;
 
+#[cfg(test)]
+pub(crate) mod tests;
+
 use crate::StoreError;
 
 pub use store::SqlStore;

@@ -9,7 +9,7 @@ use crate::{AgentInfo, AgentVersion, SessionFilter, StoreError};
 
 pub fn get_agent(conn: &dyn Db, tenant: &str, name: &str, version: Option<u32>) -> Result<Option<AgentVersion>, StoreError> {
     let row = conn.row(
-        "SELECT version, spec, created_ms FROM agents WHERE tenant = ?1 AND name = ?2 AND (?3 IS NULL OR version = ?3)
+        "SELECT version, spec, created_ms FROM agents WHERE tenant = ?1 AND name = ?2 AND (CAST(?3 AS BIGINT) IS NULL OR version = ?3)
          ORDER BY version DESC LIMIT 1",
         args![tenant, name, version],
     )?;
@@ -49,8 +49,8 @@ pub fn get_session(conn: &dyn Db, id: &SessionId) -> Result<Option<SessionSummar
 pub fn list_sessions(conn: &dyn Db, f: &SessionFilter) -> Result<Vec<SessionSummary>, StoreError> {
     let rows = conn.rows(
         "SELECT summary FROM sessions
-         WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
-           AND (?5 IS NULL OR tenant = ?5)
+         WHERE (CAST(?1 AS TEXT) IS NULL OR agent = ?1) AND (CAST(?2 AS TEXT) IS NULL OR status = ?2)
+           AND (CAST(?3 AS TEXT) IS NULL OR id < ?3) AND (CAST(?5 AS TEXT) IS NULL OR tenant = ?5)
          ORDER BY id DESC LIMIT ?4",
         args![f.agent.as_deref(), f.status.map(|s| s.as_str()), f.before.as_ref().map(|b| b.as_str()), f.limit, f.tenant.as_deref()],
     )?;

@@ -92,7 +92,7 @@ pub fn summary(conn: &dyn Db, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreErro
     let sql = format!(
         "SELECT {key}, COUNT(*), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT),
                 CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(cost_usd) AS DOUBLE PRECISION), CAST(SUM(estimated) AS BIGINT)
-         FROM model_usage WHERE (?1 IS NULL OR tenant = ?1) AND ts_ms >= ?2 AND ts_ms < ?3
+         FROM model_usage WHERE (CAST(?1 AS TEXT) IS NULL OR tenant = ?1) AND ts_ms >= ?2 AND ts_ms < ?3
          GROUP BY 1 ORDER BY 6 DESC, 1"
     );
     let rows = conn.rows(&sql, args![q.tenant.as_deref(), q.from_ms, q.to_ms])?;

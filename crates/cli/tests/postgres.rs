@@ -1,0 +1,86 @@
+//! The real binary on a PostgreSQL store (`--store postgres://…`): a turn
+//! whose node is SIGKILLed during a non-idempotent call completes after a
+//! restart without repeating it, the log verifies, and a bad store URL is
+//! refused with one clear line.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const AGENT: &str = r#"
+[model]
+provider = "scripted"
+script = [{ tool_calls = [{ name = "effect", arguments = { charge = 10 } }] }, { text = "finished: {tool_results}" }]
+[[tools.http]]
+name = "effect"
+url = "COUNTER/effect"
+idempotent = false
+"#;
+
+/// An empty database on the test server (`AGENTRT_TEST_POSTGRES`).
+async fn fresh_database() -> String {
+    let admin = std::env::var("AGENTRT_TEST_POSTGRES")
+        .expect("AGENTRT_TEST_POSTGRES is not set: run the suite with ./scripts/test.sh, which starts a PostgreSQL server");
+    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{name}", admin.rsplit_once('/').expect("the URL names a database").0);
+    tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to AGENTRT_TEST_POSTGRES");
+        client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    })
+    .await
+    .unwrap();
+    url
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_call_on_postgres_resumes_the_turn_without_repeating_it() {
+    let url = fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let counter = Counter::start().await;
+    counter.hold("effect");
+    let env = [("AGENTRT_STORE", url.as_str()), ("AGENTRT_NODE_ID", "node-a")];
+    let mut server = Server::start_with_env(dir.path(), &env);
+    server.apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
+    let session = server.session("crashy").await;
+    let turn = server.submit(&session, "go").await;
+    counter.wait_for("effect").await;
+
+    server.kill();
+    counter.release();
+    let server = Server::start_with_env(dir.path(), &env);
+    let t = server.wait_turn(&session, &turn).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(counter.count("effect"), 1, "a non-idempotent call is never repeated");
+    let events = server.events(&session).await;
+    assert!(types(&events).contains(&"turn.resumed".to_owned()), "{events:?}");
+    let effect: Vec<&Value> = events.iter().filter(|e| e["type"] == "tool.completed" && e["tool"] == "effect").collect();
+    assert_eq!(effect[0]["outcome"], "unknown", "{effect:?}");
+    assert_eq!(seqs(&events), (1..=events.len() as u64).collect::<Vec<_>>(), "the log is contiguous");
+    let verified = server.get(&format!("/v1/sessions/{session}/verify")).await;
+    assert_eq!(verified["ok"], true, "{verified}");
+}
+
+#[test]
+fn a_store_that_is_not_a_postgres_url_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentrt"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "mysql://x", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store must be empty (SQLite in data-dir) or a PostgreSQL URL"), "{err}");
+}
+
+#[test]
+fn config_dump_never_prints_the_store_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentrt.toml");
+    std::fs::write(&config, "store = \"postgres://agentrt:hunter2@db.internal:5432/agentrt\"\n").unwrap();
+    let (code, out, err) = cli(&["config", "dump", "--config", config.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("store = \"postgres://agentrt:<redacted>@db.internal:5432/agentrt\""), "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+}

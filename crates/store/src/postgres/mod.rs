@@ -1,0 +1,69 @@
+//! The PostgreSQL backend, for several nodes on one database: the same SQL
+//! store as SQLite, with row locks where a node reads a session it is about
+//! to change, and budget checks of a tenant serialized across nodes. The
+//! node's writer runs on a thread with its own connection; readers borrow
+//! pooled connections on blocking threads.
+
+mod conn;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use postgres::{Client, Config, NoTls};
+
+use self::conn::{pg, PgConn, PgTx, Statements};
+use crate::sql::writer::WriteConn;
+use crate::sql::{Db, SqlStore};
+use crate::StoreError;
+
+/// Whether `url` names a PostgreSQL database (`postgres://…` or
+/// `postgresql://…`).
+pub fn is_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl SqlStore {
+    /// Connects to the PostgreSQL database at `url` (`postgres://user:pass@host:port/db`),
+    /// creating or migrating its schema; refuses a schema newer than this
+    /// build.
+    pub fn connect_postgres(url: &str) -> Result<SqlStore, StoreError> {
+        let config: Config = url.parse().map_err(|e| StoreError::Database(format!("bad PostgreSQL URL: {e}")))?;
+        // The client blocks on a runtime of its own: connect off any async thread.
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let writer_config = config.clone();
+        std::thread::Builder::new()
+            .name("pg-connect".into())
+            .spawn(move || {
+                let connected = writer_config.connect(NoTls).map_err(pg).and_then(|mut c| schema::migrate(&mut c).map(|()| c));
+                let _ = ready_tx.send(connected.map(Writer::new));
+            })
+            .map_err(|e| StoreError::Database(format!("spawn connect thread: {e}")))?;
+        let writer = ready_rx.recv().map_err(|_| StoreError::Database("connect thread died".into()))??;
+        let open = Arc::new(move || Ok(Box::new(PgConn::new(config.connect(NoTls).map_err(pg)?)) as Box<dyn Db + Send>));
+        SqlStore::start(writer, open)
+    }
+}
+
+/// The writer's connection: one transaction per group.
+struct Writer {
+    client: Client,
+    cache: Statements,
+}
+
+impl Writer {
+    fn new(client: Client) -> Self {
+        Writer { client, cache: Statements::default() }
+    }
+}
+
+impl WriteConn for Writer {
+    fn transact(&mut self, f: &mut dyn FnMut(&dyn Db)) -> Result<(), String> {
+        let tx = self.client.transaction().map_err(|e| pg(e).to_string())?;
+        let db = PgTx { tx: std::cell::RefCell::new(tx), cache: &self.cache };
+        f(&db);
+        db.tx.into_inner().commit().map_err(|e| pg(e).to_string())
+    }
+}
