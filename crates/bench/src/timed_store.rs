@@ -75,6 +75,9 @@ impl Store for TimedStore {
     async fn sessions_with_unfinished_turns(&self) -> Result<Vec<SessionId>, StoreError> {
         self.inner.sessions_with_unfinished_turns().await
     }
+    async fn claimable_sessions(&self, now_ms: i64, limit: usize) -> Result<Vec<SessionId>, StoreError> {
+        self.inner.claimable_sessions(now_ms, limit).await
+    }
     async fn acquire_lease(&self, session: &SessionId, holder: &str, ttl_ms: i64, force: bool) -> Result<Option<u64>, StoreError> {
         self.inner.acquire_lease(session, holder, ttl_ms, force).await
     }

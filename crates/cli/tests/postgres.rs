@@ -18,24 +18,9 @@ url = "COUNTER/effect"
 idempotent = false
 "#;
 
-/// An empty database on the test server (`AGENTRT_TEST_POSTGRES`).
-async fn fresh_database() -> String {
-    let admin = std::env::var("AGENTRT_TEST_POSTGRES")
-        .expect("AGENTRT_TEST_POSTGRES is not set: run the suite with ./scripts/test.sh, which starts a PostgreSQL server");
-    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("{}/{name}", admin.rsplit_once('/').expect("the URL names a database").0);
-    tokio::task::spawn_blocking(move || {
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to AGENTRT_TEST_POSTGRES");
-        client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-    })
-    .await
-    .unwrap();
-    url
-}
-
 #[tokio::test]
 async fn a_node_killed_mid_call_on_postgres_resumes_the_turn_without_repeating_it() {
-    let url = fresh_database().await;
+    let url = fresh_pg_database().await;
     let dir = tempfile::tempdir().unwrap();
     let counter = Counter::start().await;
     counter.hold("effect");

@@ -50,6 +50,11 @@ impl Executors {
         self.slots.lock().expect("executors lock poisoned").len()
     }
 
+    /// Whether the session has an executor on this node.
+    pub fn contains(&self, id: &SessionId) -> bool {
+        self.slots.lock().expect("executors lock poisoned").contains_key(id)
+    }
+
     fn remove_if_same(&self, id: &SessionId, slot: &Arc<Slot>) {
         let mut map = self.slots.lock().expect("executors lock poisoned");
         if map.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
@@ -146,6 +151,7 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
                 }
                 Err(Abort::Fenced) => {
                     tracing::warn!(session = %id, "lease lost to another executor or a handover; stepping back");
+                    inner.metrics.fenced.inc();
                     inner.executors.remove_if_same(&id, &slot);
                     // A handover on this node fences its executor and asks
                     // for a new one, which this one may have swallowed.

@@ -38,6 +38,11 @@ impl EventHub {
         }
     }
 
+    /// Whether the session has live readers.
+    pub fn is_watched(&self, session: &SessionId) -> bool {
+        self.channels.lock().expect("hub lock poisoned").get(session).is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     /// Number of sessions with live readers.
     pub fn watched_sessions(&self) -> usize {
         self.channels.lock().expect("hub lock poisoned").len()

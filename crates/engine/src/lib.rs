@@ -9,6 +9,7 @@
 mod agents;
 pub mod budgets;
 mod cache;
+mod cluster;
 mod credentials;
 mod delegate;
 mod error;
@@ -195,6 +196,7 @@ impl Engine {
     /// Resumes every session with unfinished turns and starts lease renewal.
     pub async fn start(&self) -> Result<usize, EngineError> {
         executor::spawn_lease_renewal(&self.inner);
+        cluster::spawn(&self.inner);
         if let Some(sandboxes) = &self.inner.sandboxes {
             sandboxes.spawn_sweeper(Duration::from_millis(250));
         }

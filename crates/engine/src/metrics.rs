@@ -67,6 +67,9 @@ pub struct Metrics {
     pub sessions: Family<StatusLabel, Gauge>,
     /// Sessions with an executor on this node.
     pub executors: Gauge,
+    /// Executors that stepped back because their session's lease moved on
+    /// (another node took the session over, or a handover).
+    pub fenced: Counter,
 }
 
 impl Default for Metrics {
@@ -82,6 +85,7 @@ impl Default for Metrics {
             sse_clients: Gauge::default(),
             sessions: Family::default(),
             executors: Gauge::default(),
+            fenced: Counter::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics registry lock");
@@ -94,6 +98,7 @@ impl Default for Metrics {
             r.register("sse_clients", "Open SSE event streams", m.sse_clients.clone());
             r.register("sessions", "Sessions by status", m.sessions.clone());
             r.register("executors_active", "Sessions with a running executor on this node", m.executors.clone());
+            r.register("executors_fenced", "Executors that stepped back because the session's lease moved on", m.fenced.clone());
         }
         m
     }

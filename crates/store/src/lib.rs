@@ -96,6 +96,15 @@ pub trait Store: Send + Sync + 'static {
     async fn unfinished_turns(&self, session: &SessionId) -> Result<Vec<TurnSummary>, StoreError>;
     /// Sessions that have at least one turn that has not ended.
     async fn sessions_with_unfinished_turns(&self) -> Result<Vec<SessionId>, StoreError>;
+    /// Sessions with a turn to run (not waiting for a human or a budget)
+    /// that no node holds: no lease, or one expired before `now_ms`; at
+    /// most `limit`, oldest id first.
+    async fn claimable_sessions(&self, now_ms: i64, limit: usize) -> Result<Vec<SessionId>, StoreError>;
+    /// Appends committed by other nodes' writers, as they commit; `None`
+    /// when no other node can write (SQLite). Call once.
+    fn remote_appends(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RemoteAppend>> {
+        None
+    }
 
     /// Takes the session's lease for `holder` if it is free, expired or
     /// `force` is set; returns the new fencing token, or `None` if another

@@ -82,6 +82,14 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
 }
 
+/// Events another node appended to a session: seqs `first..=last`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteAppend {
+    pub session: SessionId,
+    pub first: u64,
+    pub last: u64,
+}
+
 /// Passes control of a session from one agent to another (a handover, a
 /// loan to a borrower, or the loan's return): `events` (e.g.
 /// `handoff.completed` and the result of the agent's call) and a

@@ -418,3 +418,18 @@ pub const PAY_SCHEMA: &str = r#"action "pay" in ["call_tool"] appliesTo {
   principal: [Session], resource: [Tool],
   context: { input: { amount: Long, to: String }, tool: String, server: String, agent: String, time: Time, turn: Turn },
 };"#;
+
+/// An empty database on the test server (`AGENTRT_TEST_POSTGRES`).
+pub async fn fresh_pg_database() -> String {
+    let admin = std::env::var("AGENTRT_TEST_POSTGRES")
+        .expect("AGENTRT_TEST_POSTGRES is not set: run the suite with ./scripts/test.sh, which starts a PostgreSQL server");
+    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{name}", admin.rsplit_once('/').expect("the URL names a database").0);
+    tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to AGENTRT_TEST_POSTGRES");
+        client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    })
+    .await
+    .unwrap();
+    url
+}

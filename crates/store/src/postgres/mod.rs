@@ -5,6 +5,7 @@
 //! pooled connections on blocking threads.
 
 mod conn;
+mod listen;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -37,13 +38,19 @@ impl SqlStore {
         std::thread::Builder::new()
             .name("pg-connect".into())
             .spawn(move || {
-                let connected = writer_config.connect(NoTls).map_err(pg).and_then(|mut c| schema::migrate(&mut c).map(|()| c));
-                let _ = ready_tx.send(connected.map(Writer::new));
+                let connected = writer_config.connect(NoTls).map_err(pg).and_then(|mut c| {
+                    schema::migrate(&mut c)?;
+                    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).map_err(pg)?.get(0);
+                    Ok((c, pid))
+                });
+                let _ = ready_tx.send(connected.map(|(c, pid)| (Writer::new(c), pid)));
             })
             .map_err(|e| StoreError::Database(format!("spawn connect thread: {e}")))?;
-        let writer = ready_rx.recv().map_err(|_| StoreError::Database("connect thread died".into()))??;
+        let (writer, writer_pid) = ready_rx.recv().map_err(|_| StoreError::Database("connect thread died".into()))??;
+        let listen_config = config.clone();
+        let remote: crate::sql::Listen = Box::new(move || listen::spawn(listen_config.clone(), writer_pid));
         let open = Arc::new(move || Ok(Box::new(PgConn::new(config.connect(NoTls).map_err(pg)?)) as Box<dyn Db + Send>));
-        SqlStore::start(writer, open)
+        SqlStore::start(writer, open, Some(remote))
     }
 }
 

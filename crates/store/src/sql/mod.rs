@@ -16,6 +16,7 @@ pub(crate) mod tests;
 
 use crate::StoreError;
 
+pub(crate) use store::Listen;
 pub use store::SqlStore;
 
 /// Which SQL the connection speaks, where the backends differ.

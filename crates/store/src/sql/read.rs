@@ -116,6 +116,19 @@ pub fn sessions_with_unfinished_turns(conn: &dyn Db) -> Result<Vec<SessionId>, S
         .collect()
 }
 
+pub fn claimable_sessions(conn: &dyn Db, now_ms: i64, limit: usize) -> Result<Vec<SessionId>, StoreError> {
+    let rows = conn.rows(
+        "SELECT id FROM sessions WHERE status = 'running' AND (lease_holder IS NULL OR lease_expires_ms <= ?1) ORDER BY id LIMIT ?2",
+        args![now_ms, limit],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let raw = r.text(0)?;
+            SessionId::parse(&raw).ok_or_else(|| StoreError::Corrupt(format!("bad session id {raw:?}")))
+        })
+        .collect()
+}
+
 pub fn kv_get(conn: &dyn Db, session: &SessionId, key: &str) -> Result<Option<Value>, StoreError> {
     conn.text("SELECT value FROM kv WHERE session_id = ?1 AND key = ?2", args![session.as_str(), key])?
         .map(|t| parse(&t, "kv value"))

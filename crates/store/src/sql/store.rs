@@ -71,17 +71,22 @@ impl Readers {
 pub struct SqlStore {
     writer: mpsc::Sender<WriteOp>,
     readers: Readers,
+    /// Starts listening to other nodes' appends (PostgreSQL).
+    remote: Option<Listen>,
 }
+
+/// Starts listening to other nodes' appends.
+pub(crate) type Listen = Box<dyn Fn() -> tokio::sync::mpsc::UnboundedReceiver<crate::RemoteAppend> + Send + Sync>;
 
 impl SqlStore {
     /// Starts the writer thread on `conn`, reading through `open`.
-    pub(crate) fn start(conn: impl WriteConn, open: OpenConn) -> Result<SqlStore, StoreError> {
+    pub(crate) fn start(conn: impl WriteConn, open: OpenConn, remote: Option<Listen>) -> Result<SqlStore, StoreError> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer::run(conn, rx))
             .map_err(|e| StoreError::Database(format!("spawn writer thread: {e}")))?;
-        Ok(SqlStore { writer: tx, readers: Readers::new(open) })
+        Ok(SqlStore { writer: tx, readers: Readers::new(open), remote })
     }
 
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp) -> Result<T, StoreError> {
@@ -169,6 +174,14 @@ impl Store for SqlStore {
 
     async fn sessions_with_unfinished_turns(&self) -> Result<Vec<SessionId>, StoreError> {
         self.readers.run(read::sessions_with_unfinished_turns).await
+    }
+
+    async fn claimable_sessions(&self, now_ms: i64, limit: usize) -> Result<Vec<SessionId>, StoreError> {
+        self.readers.run(move |c| read::claimable_sessions(c, now_ms, limit)).await
+    }
+
+    fn remote_appends(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::RemoteAppend>> {
+        self.remote.as_ref().map(|listen| listen())
     }
 
     async fn acquire_lease(&self, session: &SessionId, holder: &str, ttl_ms: i64, force: bool) -> Result<Option<u64>, StoreError> {

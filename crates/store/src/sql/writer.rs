@@ -14,7 +14,7 @@ use agentrt_types::{AgentSpec, Event, EventData, NewEvent, SessionStatus, Sessio
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::{args, parse, to_json, Db};
+use super::{args, parse, to_json, Db, Dialect};
 use crate::{AgentVersion, AppendRequest, Fence, NewSession, Precondition, StoreError, TransferRequest};
 
 /// Most requests committed in one transaction.
@@ -358,6 +358,11 @@ fn append(tx: &dyn Db, req: AppendRequest) -> Result<Vec<Event>, StoreError> {
     }
     if budgeted {
         super::budgets::add_daily(tx, &row.summary.tenant, &row.summary.agent, ts, &spend)?;
+    }
+    if let (Dialect::Postgres, Some(first), Some(last)) = (tx.dialect(), out.first(), out.last()) {
+        // Wakes other nodes' readers of the session when the group commits.
+        let note = format!("{id} {} {}", first.seq(), last.seq());
+        tx.rows("SELECT pg_notify('agentrt_events', ?1)", args![note])?;
     }
     tx.exec(
         "UPDATE sessions SET status = ?2, summary = ?3, last_seq = ?4, last_hash = ?5 WHERE id = ?1",

@@ -51,7 +51,7 @@ impl SqlStore {
             conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
             Ok(Box::new(conn) as Box<dyn Db + Send>)
         });
-        SqlStore::start(Writer(conn), open)
+        SqlStore::start(Writer(conn), open, None)
     }
 }
 

@@ -1,0 +1,145 @@
+//! Several `agentrt serve` nodes on one PostgreSQL database: a node
+//! SIGKILLed while it runs a turn loses the session to another node within
+//! the lease timeout, nothing is executed twice, and SSE clients attached to
+//! the surviving nodes see every event once, in order; a node paused past
+//! its lease (SIGSTOP, then SIGCONT) cannot append after the takeover.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Lease lifetime of the test nodes, in seconds.
+const LEASE_TTL: u64 = 3;
+
+const AGENT: &str = r#"
+[model]
+provider = "scripted"
+script = [{ tool_calls = [{ name = "effect", arguments = { charge = 10 } }] }, { text = "finished: {tool_results}" }]
+[[tools.http]]
+name = "effect"
+url = "COUNTER/effect"
+idempotent = false
+"#;
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Server>,
+}
+
+/// Starts `n` nodes named node-0… on one fresh database.
+async fn cluster(n: usize) -> Cluster {
+    let url = fresh_pg_database().await;
+    let mut dirs = Vec::new();
+    let mut nodes: Vec<Server> = Vec::new();
+    for i in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(first) = nodes.first() {
+            // Only the first node prints the bootstrap admin key.
+            std::fs::write(dir.path().join("test-admin-key"), &first.admin_key).unwrap();
+        }
+        let (node, ttl) = (format!("node-{i}"), LEASE_TTL.to_string());
+        let env = [("AGENTRT_STORE", url.as_str()), ("AGENTRT_NODE_ID", node.as_str()), ("AGENTRT_LEASE_TTL_SECONDS", ttl.as_str())];
+        nodes.push(Server::start_with_env(dir.path(), &env));
+        dirs.push(dir);
+    }
+    Cluster { dirs, nodes }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// Prometheus counter `name` of a node, 0 if absent.
+async fn counter_of(node: &Server, name: &str) -> f64 {
+    let text = node.http.get(format!("{}/metrics", node.url)).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+fn executor_of(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "turn.started" || e["type"] == "turn.resumed")
+        .map(|e| e["executor"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_its_turn_to_another_within_the_lease_and_readers_see_every_event_once() {
+    let mut c = cluster(3).await;
+    let counter = Counter::start().await;
+    counter.hold("effect");
+    c.nodes[0].apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
+    let session = c.nodes[0].session("crashy").await;
+    // Readers on the nodes that survive, attached before anything runs.
+    let readers: Vec<_> = c.nodes[1..]
+        .iter()
+        .map(|n| {
+            let (url, session) = (n.url.clone(), session.clone());
+            tokio::spawn(async move { read_sse(&url, &session, None, 1000, |e| e["type"] == "turn.completed").await })
+        })
+        .collect();
+    let turn = c.nodes[0].submit(&session, "go").await;
+    counter.wait_for("effect").await;
+
+    let killed = Instant::now();
+    c.nodes[0].kill();
+    counter.release();
+    let t = c.nodes[1].wait_turn(&session, &turn).await;
+    let took = killed.elapsed();
+    assert_eq!(t["status"], "completed", "{t}");
+    assert!(took < Duration::from_secs(LEASE_TTL + 3), "taken over after {took:?}, lease {LEASE_TTL} s");
+    assert_eq!(counter.count("effect"), 1, "the non-idempotent call was not made twice");
+
+    let events = c.nodes[2].events(&session).await;
+    let executors = executor_of(&events);
+    assert_eq!(executors[0], "node-0", "{executors:?}");
+    assert!(executors[1..].iter().all(|e| e != "node-0") && executors.len() == 2, "{executors:?}");
+    let effect: Vec<&Value> = events.iter().filter(|e| e["type"] == "tool.completed" && e["tool"] == "effect").collect();
+    assert_eq!((effect.len(), effect[0]["outcome"].as_str()), (1, Some("unknown")), "{effect:?}");
+    let log = seqs(&events);
+    assert_eq!(log, (1..=events.len() as u64).collect::<Vec<_>>());
+    for (i, r) in readers.into_iter().enumerate() {
+        let seen = seqs(&r.await.unwrap());
+        let until_end = &log[..seen.len()];
+        assert_eq!(seen, until_end, "node-{}'s reader saw every event once, in order", i + 1);
+        assert_eq!(seen.last(), events.iter().find(|e| e["type"] == "turn.completed").and_then(|e| e["seq"].as_u64()).as_ref());
+    }
+    drop(c.dirs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_resumed_after_a_takeover_cannot_append() {
+    let mut c = cluster(2).await;
+    let counter = Counter::start().await;
+    counter.hold("effect");
+    c.nodes[0].apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
+    let session = c.nodes[0].session("crashy").await;
+    let turn = c.nodes[0].submit(&session, "go").await;
+    counter.wait_for("effect").await;
+
+    let paused = c.nodes[0].pid();
+    signal(paused, "-STOP");
+    let t = c.nodes[1].wait_turn(&session, &turn).await;
+    assert_eq!(t["status"], "completed", "node-1 took the session over: {t}");
+    let before = c.nodes[1].events(&session).await;
+
+    // The old owner wakes up with its call answered, and tries to write.
+    counter.release();
+    signal(paused, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter_of(&c.nodes[0], "agentrt_executors_fenced_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "node-0 never tried to write after it woke");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = c.nodes[1].events(&session).await;
+    assert_eq!(after, before, "nothing node-0 wrote after the takeover was accepted");
+    let effect: Vec<&Value> = after.iter().filter(|e| e["type"] == "tool.completed" && e["tool"] == "effect").collect();
+    assert_eq!((effect.len(), effect[0]["outcome"].as_str()), (1, Some("unknown")), "{effect:?}");
+    assert_eq!(counter.count("effect"), 1);
+    c.nodes[0].kill();
+}
