@@ -143,3 +143,66 @@ async fn a_paused_node_resumed_after_a_takeover_cannot_append() {
     assert_eq!(counter.count("effect"), 1);
     c.nodes[0].kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sessions_spread_over_three_nodes_each_complete_their_turn_once() {
+    const SESSIONS: usize = 1000;
+    let c = cluster(3).await;
+    let counter = Counter::start().await;
+    c.nodes[0].apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
+    let urls: Vec<String> = c.nodes.iter().map(|n| n.url.clone()).collect();
+    let http = c.nodes[0].http.clone();
+    // 25 clients, each on the nodes in turn: create a session, submit its turn, wait for it.
+    let mut clients = Vec::new();
+    for k in 0..25 {
+        let (urls, http) = (urls.clone(), http.clone());
+        clients.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            for i in (k..SESSIONS).step_by(25) {
+                let url = &urls[i % urls.len()];
+                let s: Value = http
+                    .post(format!("{url}/v1/sessions"))
+                    .json(&serde_json::json!({"agent": "crashy"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let id = s["id"].as_str().unwrap().to_owned();
+                let t: Value = http
+                    .post(format!("{url}/v1/sessions/{id}/turns?wait=60"))
+                    .json(&serde_json::json!({"input": "go"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(t["status"], "completed", "{t}");
+                done.push(id);
+            }
+            done
+        }));
+    }
+    let mut sessions = Vec::new();
+    for client in clients {
+        sessions.extend(client.await.unwrap());
+    }
+    assert_eq!(sessions.len(), SESSIONS);
+    assert_eq!(counter.count("effect"), SESSIONS, "one call per turn, none twice");
+    let (mut started_on, mut resumed) = (std::collections::BTreeMap::new(), 0);
+    for (i, id) in sessions.iter().enumerate() {
+        let events = c.nodes[(i + 1) % 3].events(id).await;
+        let completed = events.iter().filter(|e| e["type"] == "turn.completed").count();
+        assert_eq!(completed, 1, "session {id}: {events:?}");
+        for e in events.iter().filter(|e| e["type"] == "turn.started") {
+            *started_on.entry(e["executor"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+        }
+        resumed += events.iter().filter(|e| e["type"] == "turn.resumed").count();
+    }
+    assert_eq!(started_on.values().sum::<usize>(), SESSIONS, "no turn was started twice: {started_on:?}");
+    assert_eq!(started_on.len(), 3, "every node ran turns: {started_on:?}");
+    // A resume means a step failed in the store (e.g. a deadlock between nodes) and was retried.
+    assert_eq!(resumed, 0, "turns resumed: {resumed}");
+}

@@ -100,7 +100,7 @@ impl SqlStore {
         &self,
         f: impl FnOnce(&dyn Db) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.write(|reply| WriteOp::run(f, reply)).await
+        self.write(|reply| WriteOp::run(None, f, reply)).await
     }
 }
 
@@ -144,7 +144,8 @@ impl Store for SqlStore {
     }
 
     async fn transfer(&self, request: TransferRequest) -> Result<(Vec<Event>, u64), StoreError> {
-        self.write_with(move |tx| writer::transfer(tx, request)).await
+        let session = Some(request.session_id.clone());
+        self.write(|reply| WriteOp::run(session, move |tx| writer::transfer(tx, request), reply)).await
     }
 
     async fn read_events(&self, id: &SessionId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {

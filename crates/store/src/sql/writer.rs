@@ -61,8 +61,9 @@ pub enum WriteOp {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Any other write: runs inside the group's transaction and returns
-    /// what sends its reply once the commit is known.
-    Run(Work),
+    /// what sends its reply once the commit is known. It changes the named
+    /// session's row, if any.
+    Run(Option<agentrt_types::SessionId>, Work),
 }
 
 /// The work of a [`WriteOp::Run`]: runs in the group's transaction.
@@ -74,13 +75,32 @@ pub type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 impl WriteOp {
     /// A write running `f` in a savepoint, answered on `reply` after commit.
     pub fn run<T: Send + 'static>(
+        session: Option<agentrt_types::SessionId>,
         f: impl FnOnce(&dyn Db) -> Result<T, StoreError> + Send + 'static,
         reply: oneshot::Sender<Result<T, StoreError>>,
     ) -> WriteOp {
-        WriteOp::Run(Box::new(move |tx| {
-            let r = scoped(tx, f);
-            Box::new(move |commit_err| drop(reply.send(pick(r, commit_err))))
-        }))
+        WriteOp::Run(
+            session,
+            Box::new(move |tx| {
+                let r = scoped(tx, f);
+                Box::new(move |commit_err| drop(reply.send(pick(r, commit_err))))
+            }),
+        )
+    }
+}
+
+impl WriteOp {
+    /// The session whose row the op locks and changes, if it is one.
+    fn session(&self) -> Option<&str> {
+        match self {
+            WriteOp::CreateSession { new, .. } => Some(new.id.as_str()),
+            WriteOp::Append { request, .. } => Some(request.session_id.as_str()),
+            WriteOp::AcquireLease { session, .. } | WriteOp::ReleaseLease { session, .. } | WriteOp::KvSet { session, .. } => {
+                Some(session.as_str())
+            }
+            WriteOp::Run(session, _) => session.as_ref().map(|s| s.as_str()),
+            WriteOp::PutAgent { .. } | WriteOp::RenewLeases { .. } => None,
+        }
     }
 }
 
@@ -167,7 +187,11 @@ pub fn run(mut conn: impl WriteConn, rx: mpsc::Receiver<WriteOp>) {
     }
 }
 
-fn commit_group(conn: &mut impl WriteConn, group: Vec<WriteOp>) {
+fn commit_group(conn: &mut impl WriteConn, mut group: Vec<WriteOp>) {
+    // Session rows are locked in one order (by id) by every node's groups,
+    // so that two groups never wait for each other. The sort is stable:
+    // the ops of one session keep their order.
+    group.sort_by(|a, b| a.session().cmp(&b.session()));
     let mut done = Vec::with_capacity(group.len());
     let mut todo = Some(group);
     let result = conn.transact(&mut |tx| {
@@ -197,14 +221,14 @@ fn fail(op: WriteOp, msg: &str) {
         WriteOp::ReleaseLease { reply, .. } => drop(reply.send(Err(e()))),
         WriteOp::RenewLeases { reply, .. } => drop(reply.send(Err(e()))),
         WriteOp::KvSet { reply, .. } => drop(reply.send(Err(e()))),
-        WriteOp::Run(f) => drop(f),
+        WriteOp::Run(_, f) => drop(f),
     }
 }
 
 /// Runs one op inside a savepoint, rolled back if the op fails.
 fn apply_in_savepoint(tx: &dyn Db, op: WriteOp) -> Done {
     match op {
-        WriteOp::Run(f) => Done::Run(f(tx)),
+        WriteOp::Run(_, f) => Done::Run(f(tx)),
         WriteOp::PutAgent { tenant, name, spec, reply } => Done::PutAgent(reply, scoped(tx, |tx| put_agent(tx, &tenant, &name, &spec))),
         WriteOp::CreateSession { new, reply } => Done::CreateSession(reply, scoped(tx, |tx| create_session(tx, new))),
         WriteOp::Append { request, reply } => Done::Append(reply, scoped(tx, |tx| append(tx, request))),
@@ -223,7 +247,14 @@ fn apply_in_savepoint(tx: &dyn Db, op: WriteOp) -> Done {
         ),
         WriteOp::RenewLeases { holder, ttl_ms, reply } => Done::Count(
             reply,
-            scoped(tx, |tx| tx.exec("UPDATE sessions SET lease_expires_ms = ?2 WHERE lease_holder = ?1", args![holder, now_ms() + ttl_ms])),
+            scoped(tx, |tx| {
+                // Rows locked in id order, as every group locks them.
+                let sql = format!(
+                    "UPDATE sessions SET lease_expires_ms = ?2 WHERE id IN (SELECT id FROM sessions WHERE lease_holder = ?1 ORDER BY id{})",
+                    tx.for_update()
+                );
+                tx.exec(&sql, args![holder, now_ms() + ttl_ms])
+            }),
         ),
         WriteOp::KvSet { session, key, value, reply } => Done::Unit(
             reply,
