@@ -8,6 +8,7 @@ mod extract;
 mod gateway;
 mod governance;
 mod handlers;
+mod nodes;
 mod sandbox;
 mod sse;
 
@@ -65,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/audit", get(gov::audit))
         .route("/v1/sessions/{id}/credentials", post(gov::issue_credential))
         .route("/v1/whoami", get(gov::whoami))
+        .route("/v1/nodes", get(nodes::list))
+        .route("/v1/nodes/{id}/drain", post(nodes::drain).delete(nodes::undrain))
         .route("/v1/tenants", get(gov::list_tenants).post(gov::create_tenant))
         .route("/v1/tenants/{name}", get(gov::get_tenant).patch(gov::patch_tenant))
         .route("/v1/keys", get(gov::list_keys).post(gov::create_key))

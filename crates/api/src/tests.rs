@@ -163,6 +163,8 @@ async fn openapi_document_covers_every_route() {
         "/v1/budgets/{id}",
         "/v1/sessions/{id}/budget-override",
         "/v1/sessions/{id}/handover",
+        "/v1/nodes",
+        "/v1/nodes/{id}/drain",
     ] {
         assert!(paths.contains_key(route), "openapi.json lacks {route}");
     }

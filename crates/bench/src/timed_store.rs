@@ -75,6 +75,15 @@ impl Store for TimedStore {
     async fn sessions_with_unfinished_turns(&self) -> Result<Vec<SessionId>, StoreError> {
         self.inner.sessions_with_unfinished_turns().await
     }
+    async fn node_heartbeat(&self, node: &str, started_ms: i64, now_ms: i64) -> Result<agentrt_store::NodeInfo, StoreError> {
+        self.inner.node_heartbeat(node, started_ms, now_ms).await
+    }
+    async fn list_nodes(&self, now_ms: i64) -> Result<Vec<agentrt_store::NodeInfo>, StoreError> {
+        self.inner.list_nodes(now_ms).await
+    }
+    async fn set_node_draining(&self, node: &str, draining: bool, now_ms: i64) -> Result<Option<agentrt_store::NodeInfo>, StoreError> {
+        self.inner.set_node_draining(node, draining, now_ms).await
+    }
     async fn claimable_sessions(&self, now_ms: i64, limit: usize) -> Result<Vec<SessionId>, StoreError> {
         self.inner.claimable_sessions(now_ms, limit).await
     }

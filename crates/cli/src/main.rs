@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod governance;
 mod mcp;
+mod nodes;
 mod output;
 mod render;
 mod sandbox;
@@ -106,6 +107,9 @@ enum Command {
     /// Create and list tenants (admins of the default tenant).
     #[command(subcommand)]
     Tenants(governance::TenantsCommand),
+    /// List the cluster's nodes, or drain one (admins of the default tenant).
+    #[command(subcommand)]
+    Node(nodes::NodeCommand),
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(governance::KeysCommand),
@@ -193,6 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sandbox(c) => sandbox::sandbox(&ctx, c).await,
         Command::Whoami => governance::whoami(&ctx).await,
         Command::Tenants(c) => governance::tenants(&ctx, c).await,
+        Command::Node(c) => nodes::node(&ctx, c).await,
         Command::Keys(c) => governance::keys(&ctx, c).await,
         Command::Policies(c) => governance::policies(&ctx, c).await,
         Command::Approvals(c) => approvals::approvals(&ctx, c).await,

@@ -206,3 +206,39 @@ async fn a_thousand_sessions_spread_over_three_nodes_each_complete_their_turn_on
     // A resume means a step failed in the store (e.g. a deadlock between nodes) and was retried.
     assert_eq!(resumed, 0, "turns resumed: {resumed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_finishes_its_turn_then_its_sessions_run_elsewhere() {
+    let c = cluster(2).await;
+    let counter = Counter::start().await;
+    counter.hold("effect");
+    c.nodes[0].apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
+    let session = c.nodes[0].session("crashy").await;
+    let first = c.nodes[0].submit(&session, "go").await;
+    counter.wait_for("effect").await;
+
+    // Asked through the node itself, it knows at once (others learn at its next heartbeat).
+    let url = c.nodes[0].url.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || cli(&["node", "drain", "node-0"], Some(&url))).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("node node-0 is draining"), "{out}");
+    counter.release();
+    // The turn in flight ends where it runs.
+    let t = c.nodes[0].wait_turn(&session, &first).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    // The next one, though sent to the drained node, runs on the other.
+    let second = c.nodes[0].submit(&session, "again").await;
+    let t = c.nodes[0].wait_turn(&session, &second).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let events = c.nodes[0].events(&session).await;
+    assert_eq!(executor_of(&events), ["node-0", "node-1"]);
+
+    let nodes = c.nodes[1].get("/v1/nodes").await;
+    let status: Vec<(&str, &str)> =
+        nodes["nodes"].as_array().unwrap().iter().map(|n| (n["id"].as_str().unwrap(), n["status"].as_str().unwrap())).collect();
+    assert_eq!(status, [("node-0", "draining"), ("node-1", "up")], "{nodes}");
+    let (s, v) = c.nodes[1].call(reqwest::Method::DELETE, "/v1/nodes/node-0/drain", None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("up")), "{v}");
+    let (s, v) = c.nodes[1].post("/v1/nodes/nope/drain", serde_json::json!({})).await;
+    assert_eq!(s, 404, "{v}");
+}

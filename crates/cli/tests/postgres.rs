@@ -69,3 +69,19 @@ fn config_dump_never_prints_the_store_password() {
     assert!(out.contains("store = \"postgres://agentrt:<redacted>@db.internal:5432/agentrt\""), "{out}");
     assert!(!out.contains("hunter2"), "{out}");
 }
+
+#[tokio::test]
+async fn a_node_alone_on_sqlite_lists_itself_and_refuses_to_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &[("AGENTRT_NODE_ID", "solo")]);
+    let nodes = server.get("/v1/nodes").await;
+    let only = &nodes["nodes"][0];
+    assert_eq!(
+        (only["id"].as_str(), only["status"].as_str(), only["this_node"].as_bool()),
+        (Some("solo"), Some("up"), Some(true)),
+        "{nodes}"
+    );
+    let (s, v) = server.post("/v1/nodes/solo/drain", serde_json::json!({})).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("alone on its store"), "{v}");
+}

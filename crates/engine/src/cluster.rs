@@ -6,15 +6,93 @@
 //! waiters) and its running turns (a cancel requested through another
 //! node). A node alone on its store (SQLite) does none of this.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentrt_store::RemoteAppend;
+use agentrt_store::{NodeInfo, RemoteAppend};
 use agentrt_types::time::now_ms;
 use agentrt_types::EventData;
+use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::{executor, Inner};
+use crate::{executor, Engine, EngineError, Inner};
+
+/// This node's standing in the cluster.
+pub struct NodeState {
+    started_ms: i64,
+    draining: AtomicBool,
+}
+
+impl Default for NodeState {
+    fn default() -> Self {
+        NodeState { started_ms: now_ms(), draining: AtomicBool::new(false) }
+    }
+}
+
+impl NodeState {
+    /// Whether an operator asked this node to drain.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Tells the store this node is alive, and learns whether it should drain.
+pub(crate) async fn heartbeat(inner: &Inner) -> Result<(), EngineError> {
+    let me = inner.store.node_heartbeat(&inner.config.node_id, inner.node.started_ms, now_ms()).await?;
+    if inner.node.draining.swap(me.draining, Ordering::SeqCst) != me.draining {
+        tracing::warn!(node = %me.id, draining = me.draining, "drain flag changed");
+    }
+    Ok(())
+}
+
+/// A node as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub info: NodeInfo,
+    /// `up`, `draining`, or `down` (no heartbeat for two lease lifetimes).
+    pub status: &'static str,
+    /// Whether this is the node that answered.
+    pub this_node: bool,
+}
+
+impl Engine {
+    /// The cluster's nodes, with their leases and health.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, EngineError> {
+        let now = now_ms();
+        let stale = 2 * self.inner.config.lease_ttl.as_millis() as i64;
+        let nodes = self.inner.store.list_nodes(now).await?;
+        Ok(nodes
+            .into_iter()
+            .map(|info| {
+                let status = match (now - info.heartbeat_ms > stale, info.draining) {
+                    (true, _) => "down",
+                    (false, true) => "draining",
+                    (false, false) => "up",
+                };
+                NodeView { this_node: info.id == self.inner.config.node_id, status, info }
+            })
+            .collect())
+    }
+
+    /// Asks a node to drain (give its sessions up at their next turn
+    /// boundary, take no new ones), or to take sessions again.
+    pub async fn drain_node(&self, id: &str, draining: bool) -> Result<NodeView, EngineError> {
+        if self.inner.config.exclusive_store && draining {
+            return Err(EngineError::Conflict(
+                "this node is alone on its store: draining it would leave its sessions to no one; run several nodes on PostgreSQL".into(),
+            ));
+        }
+        let Some(_) = self.inner.store.set_node_draining(id, draining, now_ms()).await? else {
+            return Err(EngineError::NotFound(format!("node {id:?} not found")));
+        };
+        if id == self.inner.config.node_id {
+            heartbeat(&self.inner).await?;
+        }
+        self.nodes().await?.into_iter().find(|n| n.info.id == id).ok_or_else(|| EngineError::NotFound(format!("node {id:?} not found")))
+    }
+}
 
 /// Sessions claimed per look.
 const CLAIM_BATCH: usize = 200;
@@ -40,6 +118,9 @@ fn spawn_claims(inner: &Arc<Inner>) {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = inner2.shutdown.cancelled() => return,
+            }
+            if inner2.node.draining() {
+                continue;
             }
             match inner2.store.claimable_sessions(now_ms(), CLAIM_BATCH).await {
                 Ok(ids) => {

@@ -65,7 +65,8 @@ impl Executors {
 
 /// Makes sure an executor is running (or will look again) for the session.
 pub(crate) fn ensure_running(inner: &Arc<Inner>, id: &SessionId) {
-    if inner.shutdown.is_cancelled() {
+    // A draining node takes no sessions: other nodes claim them.
+    if inner.shutdown.is_cancelled() || inner.node.draining() {
         return;
     }
     let slot = {
@@ -119,6 +120,19 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
     };
     let mut fence = Fence::Lease { holder: holder.clone(), token };
     loop {
+        if inner.node.draining() {
+            // A turn boundary: the session moves to another node.
+            let token = match &fence {
+                Fence::Lease { token, .. } => *token,
+                Fence::Client => token,
+            };
+            inner.executors.remove_if_same(&id, &slot);
+            if let Err(e) = inner.store.release_lease(&id, &holder, token).await {
+                tracing::warn!(session = %id, error = %e, "could not release lease while draining");
+            }
+            tracing::info!(session = %id, "draining: session left for another node");
+            return;
+        }
         slot.dirty.store(false, Ordering::SeqCst);
         let turns = match inner.store.unfinished_turns(&id).await {
             Ok(t) => t,
@@ -240,6 +254,9 @@ pub(crate) fn spawn_lease_renewal(inner: &Arc<Inner>) {
             }
             if let Err(e) = inner2.store.renew_leases(&inner2.config.node_id, ttl.as_millis() as i64).await {
                 tracing::warn!(error = %e, "lease renewal failed");
+            }
+            if let Err(e) = crate::cluster::heartbeat(&inner2).await {
+                tracing::warn!(error = %e, "node heartbeat failed");
             }
         }
     });

@@ -39,6 +39,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use cluster::NodeView;
 pub use credentials::{SessionCredential, DEFAULT_CREDENTIAL_SECONDS, MAX_CREDENTIAL_SECONDS};
 pub use error::EngineError;
 pub use history::UNKNOWN_OUTCOME;
@@ -147,6 +148,8 @@ pub(crate) struct Inner {
     pub policies: governance::PolicyCache,
     /// Key that signs session credentials (loaded from the store once).
     pub signing_key: tokio::sync::OnceCell<Vec<u8>>,
+    /// This node, as the cluster sees it.
+    pub node: cluster::NodeState,
 }
 
 /// The engine; cheap to clone.
@@ -189,12 +192,14 @@ impl Engine {
                 key_cache: cache::TtlCache::new(KEY_CACHE_TTL, 10_000),
                 budget_tenants: cache::TtlCache::new(BUDGET_CACHE_TTL, 10_000),
                 signing_key: tokio::sync::OnceCell::new(),
+                node: cluster::NodeState::default(),
             }),
         })
     }
 
     /// Resumes every session with unfinished turns and starts lease renewal.
     pub async fn start(&self) -> Result<usize, EngineError> {
+        cluster::heartbeat(&self.inner).await?;
         executor::spawn_lease_renewal(&self.inner);
         cluster::spawn(&self.inner);
         if let Some(sandboxes) = &self.inner.sandboxes {

@@ -110,6 +110,13 @@ pub trait Store: Send + Sync + 'static {
     /// `force` is set; returns the new fencing token, or `None` if another
     /// holder has it.
     async fn acquire_lease(&self, session: &SessionId, holder: &str, ttl_ms: i64, force: bool) -> Result<Option<u64>, StoreError>;
+    /// Records that `node` is alive at `now_ms` (registering it, from
+    /// `started_ms`, the first time); answers its row, drain flag included.
+    async fn node_heartbeat(&self, node: &str, started_ms: i64, now_ms: i64) -> Result<NodeInfo, StoreError>;
+    /// Every node that ever heartbeat, with the live leases it holds at `now_ms`.
+    async fn list_nodes(&self, now_ms: i64) -> Result<Vec<NodeInfo>, StoreError>;
+    /// Sets a node's drain flag; `None` if there is no such node.
+    async fn set_node_draining(&self, node: &str, draining: bool, now_ms: i64) -> Result<Option<NodeInfo>, StoreError>;
     /// Gives the lease up if `holder` still has it with `token`.
     async fn release_lease(&self, session: &SessionId, holder: &str, token: u64) -> Result<(), StoreError>;
     /// Extends every lease `holder` has; returns how many.

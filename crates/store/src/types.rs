@@ -82,6 +82,20 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
 }
 
+/// A node of the cluster, as its heartbeats left it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub started_ms: i64,
+    /// When it last said it was alive.
+    pub heartbeat_ms: i64,
+    /// Asked to give its sessions up at their next turn boundary and take
+    /// no new ones.
+    pub draining: bool,
+    /// Sessions it holds a live lease on.
+    pub leases: u64,
+}
+
 /// Events another node appended to a session: seqs `first..=last`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteAppend {

@@ -11,7 +11,8 @@ use crate::StoreError;
 const MIGRATION_LOCK: i64 = 0x6167_656e_7472_7401;
 
 /// Migrations in order; `agentrt_schema.version` records how many have run.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     tenant      TEXT COLLATE "C" NOT NULL,
     name        TEXT COLLATE "C" NOT NULL,
@@ -148,7 +149,16 @@ CREATE TABLE spend_daily (
     sandbox_cpu_us  BIGINT NOT NULL,
     PRIMARY KEY (tenant, day, agent)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE nodes (
+    id            TEXT COLLATE "C" PRIMARY KEY,
+    started_ms    BIGINT NOT NULL,
+    heartbeat_ms  BIGINT NOT NULL,
+    draining      BIGINT NOT NULL DEFAULT 0
+);
+"#,
+];
 
 /// Brings the schema up to date.
 pub fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@
 pub(crate) mod approvals;
 pub(crate) mod budgets;
 pub(crate) mod identity;
+pub(crate) mod nodes;
 pub(crate) mod read;
 mod store;
 pub(crate) mod usage;

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::writer::{self, WriteConn, WriteOp};
-use super::{approvals, budgets, identity, read, usage, Db};
+use super::{approvals, budgets, identity, nodes, read, usage, Db};
 use crate::{
     AgentInfo, AgentVersion, ApiKey, AppendRequest, Approval, ApprovalFilter, NewSession, PolicyVersion, SessionFilter, Store, StoreError,
     Tenant, TransferRequest, UsageQuery, UsageRecord, UsageRow,
@@ -183,6 +183,20 @@ impl Store for SqlStore {
 
     fn remote_appends(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::RemoteAppend>> {
         self.remote.as_ref().map(|listen| listen())
+    }
+
+    async fn node_heartbeat(&self, node: &str, started_ms: i64, now_ms: i64) -> Result<crate::NodeInfo, StoreError> {
+        let node = node.to_owned();
+        self.write_with(move |tx| nodes::heartbeat(tx, &node, started_ms, now_ms)).await
+    }
+
+    async fn list_nodes(&self, now_ms: i64) -> Result<Vec<crate::NodeInfo>, StoreError> {
+        self.readers.run(move |c| nodes::list(c, now_ms)).await
+    }
+
+    async fn set_node_draining(&self, node: &str, draining: bool, now_ms: i64) -> Result<Option<crate::NodeInfo>, StoreError> {
+        let node = node.to_owned();
+        self.write_with(move |tx| nodes::set_draining(tx, &node, draining, now_ms)).await
     }
 
     async fn acquire_lease(&self, session: &SessionId, holder: &str, ttl_ms: i64, force: bool) -> Result<Option<u64>, StoreError> {

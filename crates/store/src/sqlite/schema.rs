@@ -162,8 +162,15 @@ CREATE TABLE spend_daily (
     PRIMARY KEY (tenant, day, agent)
 ) WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE nodes (
+    id            TEXT PRIMARY KEY,
+    started_ms    INTEGER NOT NULL,
+    heartbeat_ms  INTEGER NOT NULL,
+    draining      INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+"#,
 ];
-
 /// Brings the schema up to date.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
