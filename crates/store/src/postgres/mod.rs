@@ -34,7 +34,12 @@ impl SqlStore {
         let config: Config = url.parse().map_err(|e| StoreError::Database(format!("bad PostgreSQL URL: {e}")))?;
         // The client blocks on a runtime of its own: connect off any async thread.
         let (ready_tx, ready_rx) = mpsc::channel();
-        let writer_config = config.clone();
+        let named = |name: &str| {
+            let mut c = config.clone();
+            c.application_name(name);
+            c
+        };
+        let writer_config = named("agentrt writer");
         std::thread::Builder::new()
             .name("pg-connect".into())
             .spawn(move || {
@@ -43,31 +48,39 @@ impl SqlStore {
                     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).map_err(pg)?.get(0);
                     Ok((c, pid))
                 });
-                let _ = ready_tx.send(connected.map(|(c, pid)| (Writer::new(c), pid)));
+                let _ = ready_tx.send(connected.map(|(c, pid)| (Writer::new(c, writer_config), pid)));
             })
             .map_err(|e| StoreError::Database(format!("spawn connect thread: {e}")))?;
         let (writer, writer_pid) = ready_rx.recv().map_err(|_| StoreError::Database("connect thread died".into()))??;
-        let listen_config = config.clone();
+        let listen_config = named("agentrt listener");
+        let config = named("agentrt reader");
         let remote: crate::sql::Listen = Box::new(move || listen::spawn(listen_config.clone(), writer_pid));
         let open = Arc::new(move || Ok(Box::new(PgConn::new(config.connect(NoTls).map_err(pg)?)) as Box<dyn Db + Send>));
         SqlStore::start(writer, open, Some(remote))
     }
 }
 
-/// The writer's connection: one transaction per group.
+/// The writer's connection: one transaction per group; connected again
+/// when the database went away (a restart, a failover).
 struct Writer {
     client: Client,
     cache: Statements,
+    config: Config,
 }
 
 impl Writer {
-    fn new(client: Client) -> Self {
-        Writer { client, cache: Statements::default() }
+    fn new(client: Client, config: Config) -> Self {
+        Writer { client, cache: Statements::default(), config }
     }
 }
 
 impl WriteConn for Writer {
     fn transact(&mut self, f: &mut dyn FnMut(&dyn Db)) -> Result<(), String> {
+        if self.client.is_closed() {
+            tracing::warn!("store connection lost; reconnecting");
+            self.client = self.config.connect(NoTls).map_err(|e| pg(e).to_string())?;
+            self.cache = Statements::default();
+        }
         let tx = self.client.transaction().map_err(|e| pg(e).to_string())?;
         let db = PgTx { tx: std::cell::RefCell::new(tx), cache: &self.cache };
         f(&db);

@@ -37,3 +37,31 @@ async fn a_bad_url_or_an_unreachable_server_is_a_clear_error() {
     let down = SqlStore::connect_postgres("postgres://postgres@127.0.0.1:1/x?connect_timeout=2").err().map(|e| e.to_string());
     assert!(down.as_deref().is_some_and(|e| e.starts_with("database error")), "{down:?}");
 }
+
+#[tokio::test]
+async fn the_writer_connects_again_after_its_connection_is_killed() {
+    let url = fresh_pg_database().await;
+    let store = SqlStore::connect_postgres(&url).unwrap();
+    let id = session(&store).await;
+    let admin = url.clone();
+    let killed = tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        let rows = client
+            .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'agentrt writer' AND datname = current_database()", &[])
+            .unwrap();
+        rows.len()
+    })
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "the writer's connection was found and killed");
+    // The first write may find the connection dead; a later one goes through.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match store.kv_set(&id, "k", &json!(1)).await {
+            Ok(()) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "the writer never came back: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.kv_get(&id, "k").await.unwrap(), Some(json!(1)));
+}
