@@ -30,6 +30,14 @@ mkdir -p target
 bench/.venv/bin/python bench/peer/langgraph_loop.py --steps $((2 * TOOL_CALLS + 1)) --runs "$PEER_RUNS" > target/peer.json
 cat target/peer.json
 
+echo "== peer: DBOS on a durable PostgreSQL (fsync and synchronous commit on, like production)"
+PG_BENCH=$(AGENTRT_PG_DIR=target/pg-bench AGENTRT_TEST_PG_PORT=55433 AGENTRT_PG_DURABLE=1 scripts/pg-test-server.sh)
+DBOS_DB="dbos_$(date +%s)"
+psql "$PG_BENCH" -qc "CREATE DATABASE $DBOS_DB"
+bench/.venv/bin/python bench/peer/dbos_steps.py --url "${PG_BENCH%/*}/$DBOS_DB" --steps $((2 * TOOL_CALLS + 1)) --runs "$PEER_RUNS" \
+    2>target/dbos.log | tail -n 1 > target/dbos.json
+cat target/dbos.json
+
 echo "== disk: raw fdatasync latency (the floor under any fsync'd commit)"
 FSYNC=$(python3 - <<'PY'
 import os, tempfile, time
@@ -48,7 +56,8 @@ echo "fdatasync: $FSYNC"
 
 echo "== agentrt"
 target/release/agentrt-bench --tool-calls "$TOOL_CALLS" --turns "$TURNS" --idle-sessions "$IDLE_SESSIONS" \
-    --peer-json target/peer.json --mcp-python bench/.venv/bin/python --out target/bench-table.md
+    --peer-json target/peer.json --mcp-python bench/.venv/bin/python \
+    --pg-url "$PG_BENCH" --dbos-json target/dbos.json --out target/bench-table.md
 
 {
     echo "# Benchmarks"

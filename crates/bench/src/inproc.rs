@@ -20,7 +20,7 @@ use crate::timed_store::{Commits, TimedStore};
 
 /// An engine on a fresh store in a temp dir.
 pub struct Rig {
-    _dir: tempfile::TempDir,
+    pub _dir: Option<tempfile::TempDir>,
     pub engine: Engine,
     pub commits: Commits,
 }
@@ -32,7 +32,7 @@ pub async fn rig(base: &std::path::Path, durability: Durability) -> anyhow::Resu
     let store = Arc::new(TimedStore { inner: sqlite, commits: commits.clone() });
     let engine = Engine::new(store, EngineConfig::default())?;
     engine.start().await?;
-    Ok(Rig { _dir: dir, engine, commits })
+    Ok(Rig { _dir: Some(dir), engine, commits })
 }
 
 /// Registers `loop` agent: `tool_calls` echo calls, one per model reply, then an answer.

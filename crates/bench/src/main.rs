@@ -6,6 +6,7 @@ mod gateway_endpoint;
 mod idle;
 mod inproc;
 mod mcp_overhead;
+mod postgres;
 mod sandbox;
 mod stats;
 mod timed_store;
@@ -59,6 +60,16 @@ struct Args {
     /// Run only the sandbox benchmark.
     #[arg(long)]
     sandbox_only: bool,
+    /// A durable PostgreSQL server (admin URL) for the PostgreSQL rows;
+    /// each measurement makes a fresh database on it.
+    #[arg(long)]
+    pg_url: Option<String>,
+    /// JSON printed by bench/peer/dbos_steps.py on the same server.
+    #[arg(long)]
+    dbos_json: Option<PathBuf>,
+    /// Run only the PostgreSQL benchmark (with SQLite's step beside it).
+    #[arg(long)]
+    postgres_only: bool,
     /// Also write the table to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -96,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         rows.push((what.to_owned(), result, target.to_owned()));
     };
 
-    {
+    if !args.postgres_only && !args.sandbox_only {
         for (concurrency, calls) in [(1, 5_000), (100, 20_000)] {
             let g = median_round(|| async { Ok(agentrt_gateway::bench::overhead(concurrency, calls).await) }).await?;
             row(
@@ -117,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     if args.gateway_only {
         return finish(&rows, args.out.as_deref());
     }
-    {
+    if !args.postgres_only {
         let b = sandbox::measure(&args.sandbox_agent, &args.tmp, 50, args.standby_sandboxes).await?;
         use sandbox::ms;
         row(
@@ -153,6 +164,52 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let steps_per_turn = 2 * args.tool_calls + 1;
+    if let Some(pg) = &args.pg_url {
+        // SQLite's step beside it, measured the same way just before.
+        let rig = inproc::rig(&args.tmp, Durability::Fsync).await?;
+        inproc::step_overhead(&rig, 500, 2).await?;
+        let sqlite = inproc::step_overhead(&rig, args.tool_calls, args.turns).await?;
+        drop(rig);
+        let rig = postgres::rig(pg).await?;
+        inproc::step_overhead(&rig, 500, 2).await?;
+        let s = inproc::step_overhead(&rig, args.tool_calls, args.turns).await?;
+        rig.engine.shutdown(std::time::Duration::from_secs(5)).await;
+        row(
+            &format!(
+                "durable step overhead, PostgreSQL, fsync and synchronous commit on ({} steps, {} turns of {steps_per_turn})",
+                s.n, args.turns
+            ),
+            format!("p50 {} · p99 {} · mean {}", us(s.p50), us(s.p99), us(s.mean)),
+            "",
+        );
+        row(
+            "durable step overhead, SQLite fsync, measured just before",
+            format!(
+                "p50 {} · p99 {} · PostgreSQL/SQLite p50 {:.2}×",
+                us(sqlite.p50),
+                us(sqlite.p99),
+                postgres::p50_us(&s) / postgres::p50_us(&sqlite)
+            ),
+            "",
+        );
+        for nodes in [1, 2, 3] {
+            let sps = postgres::throughput(pg, nodes, 100, 10).await?;
+            row(&format!("throughput on PostgreSQL, {nodes} node(s), 100 sessions of 21 steps"), format!("{sps:.0} steps/s"), "");
+        }
+        if let Some(path) = &args.dbos_json {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+            let peer = postgres::peer(&serde_json::from_str(&text).context("parse DBOS JSON")?);
+            row(
+                &format!("DBOS {} on the same PostgreSQL server, {}-step workflow", peer.version, peer.steps),
+                format!("p50 {:.1} µs · p99 {:.1} µs", peer.p50_us, peer.p99_us),
+                "",
+            );
+            row("agentrt vs DBOS on PostgreSQL, per-step p50", format!("{:.1}× faster", peer.p50_us / postgres::p50_us(&s)), "> 1×");
+        }
+    }
+    if args.postgres_only {
+        return finish(&rows, args.out.as_deref());
+    }
     // Warm-up of each store: a fresh database's WAL grows on every commit,
     // which costs a metadata flush per fsync; a running server's WAL has
     // reached its steady size and is reused after each checkpoint.

@@ -75,7 +75,7 @@ impl Writer {
 }
 
 impl WriteConn for Writer {
-    fn transact(&mut self, f: &mut dyn FnMut(&dyn Db)) -> Result<(), String> {
+    fn transact(&mut self, f: &mut dyn FnMut(&dyn Db) -> bool) -> Result<(), String> {
         if self.client.is_closed() {
             tracing::warn!("store connection lost; reconnecting");
             self.client = self.config.connect(NoTls).map_err(|e| pg(e).to_string())?;
@@ -83,7 +83,8 @@ impl WriteConn for Writer {
         }
         let tx = self.client.transaction().map_err(|e| pg(e).to_string())?;
         let db = PgTx { tx: std::cell::RefCell::new(tx), cache: &self.cache };
-        f(&db);
-        db.tx.into_inner().commit().map_err(|e| pg(e).to_string())
+        let keep = f(&db);
+        let tx = db.tx.into_inner();
+        if keep { tx.commit() } else { tx.rollback() }.map_err(|e| pg(e).to_string())
     }
 }

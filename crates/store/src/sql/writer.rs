@@ -66,8 +66,10 @@ pub enum WriteOp {
     Run(Option<agentrt_types::SessionId>, Work),
 }
 
-/// The work of a [`WriteOp::Run`]: runs in the group's transaction.
-pub type Work = Box<dyn FnOnce(&dyn Db) -> Reply + Send>;
+/// The work of a [`WriteOp::Run`]: runs in the group's transaction (in a
+/// savepoint unless it is alone in it); answers its reply and whether it
+/// failed.
+pub type Work = Box<dyn FnOnce(&dyn Db, bool) -> (Reply, bool) + Send>;
 
 /// Sends a [`WriteOp::Run`]'s reply, given the commit error if any.
 pub type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
@@ -81,9 +83,10 @@ impl WriteOp {
     ) -> WriteOp {
         WriteOp::Run(
             session,
-            Box::new(move |tx| {
-                let r = scoped(tx, f);
-                Box::new(move |commit_err| drop(reply.send(pick(r, commit_err))))
+            Box::new(move |tx, alone| {
+                let r = scoped(tx, alone, f);
+                let failed = r.is_err();
+                (Box::new(move |commit_err| drop(reply.send(pick(r, commit_err)))), failed)
             }),
         )
     }
@@ -112,10 +115,23 @@ enum Done {
     Lease(oneshot::Sender<Result<Option<u64>, StoreError>>, Result<Option<u64>, StoreError>),
     Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Count(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
-    Run(Reply),
+    Run(Reply, bool),
 }
 
 impl Done {
+    /// Whether the op failed (and wrote nothing).
+    fn failed(&self) -> bool {
+        match self {
+            Done::PutAgent(_, r) => r.is_err(),
+            Done::CreateSession(_, r) => r.is_err(),
+            Done::Append(_, r) => r.is_err(),
+            Done::Lease(_, r) => r.is_err(),
+            Done::Unit(_, r) => r.is_err(),
+            Done::Count(_, r) => r.is_err(),
+            Done::Run(_, failed) => *failed,
+        }
+    }
+
     /// Sends the op's result, or `err` if the commit failed.
     fn send(self, commit_err: Option<&str>) {
         // A dropped receiver means the caller went away; nothing to do.
@@ -126,7 +142,7 @@ impl Done {
             Done::Lease(tx, r) => drop(tx.send(pick(r, commit_err))),
             Done::Unit(tx, r) => drop(tx.send(pick(r, commit_err))),
             Done::Count(tx, r) => drop(tx.send(pick(r, commit_err))),
-            Done::Run(reply) => reply(commit_err),
+            Done::Run(reply, _) => reply(commit_err),
         }
     }
 }
@@ -139,8 +155,13 @@ fn pick<T>(r: Result<T, StoreError>, e: Option<&str>) -> Result<T, StoreError> {
     }
 }
 
-/// Runs `f` in a savepoint, rolled back if it fails.
-fn scoped<T>(tx: &dyn Db, f: impl FnOnce(&dyn Db) -> Result<T, StoreError>) -> Result<T, StoreError> {
+/// Runs `f` in a savepoint, rolled back if it fails; an op `alone` in its
+/// transaction needs none (the whole transaction is rolled back instead),
+/// which saves two round trips on a database server.
+fn scoped<T>(tx: &dyn Db, alone: bool, f: impl FnOnce(&dyn Db) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    if alone {
+        return f(tx);
+    }
     tx.batch("SAVEPOINT op")?;
     let r = f(tx);
     let end = if r.is_ok() { "RELEASE SAVEPOINT op" } else { "ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op" };
@@ -168,9 +189,10 @@ fn next_op(rx: &mpsc::Receiver<WriteOp>) -> Option<WriteOp> {
 
 /// The writer's connection, as its backend opens transactions on it.
 pub trait WriteConn: Send + 'static {
-    /// Opens a transaction, runs `f` in it and commits. An error says why
-    /// the transaction could not be opened (`f` did not run) or committed.
-    fn transact(&mut self, f: &mut dyn FnMut(&dyn Db)) -> Result<(), String>;
+    /// Opens a transaction, runs `f` in it, and commits it if `f` says so
+    /// (else rolls it back). An error says why the transaction could not be
+    /// opened (`f` did not run) or committed.
+    fn transact(&mut self, f: &mut dyn FnMut(&dyn Db) -> bool) -> Result<(), String>;
 }
 
 /// Runs the writer loop until every sender is dropped.
@@ -193,11 +215,14 @@ fn commit_group(conn: &mut impl WriteConn, mut group: Vec<WriteOp>) {
     // the ops of one session keep their order.
     group.sort_by(|a, b| a.session().cmp(&b.session()));
     let mut done = Vec::with_capacity(group.len());
+    let alone = group.len() == 1;
     let mut todo = Some(group);
     let result = conn.transact(&mut |tx| {
         for op in todo.take().unwrap_or_default() {
-            done.push(apply_in_savepoint(tx, op));
+            done.push(apply(tx, op, alone));
         }
+        // An op alone ran without a savepoint: if it failed, none of it stays.
+        !(alone && done.iter().any(Done::failed))
     });
     let commit_err = result.err();
     if let Some(e) = &commit_err {
@@ -225,19 +250,24 @@ fn fail(op: WriteOp, msg: &str) {
     }
 }
 
-/// Runs one op inside a savepoint, rolled back if the op fails.
-fn apply_in_savepoint(tx: &dyn Db, op: WriteOp) -> Done {
+/// Runs one op inside a savepoint (unless `alone`), rolled back if the op fails.
+fn apply(tx: &dyn Db, op: WriteOp, alone: bool) -> Done {
     match op {
-        WriteOp::Run(_, f) => Done::Run(f(tx)),
-        WriteOp::PutAgent { tenant, name, spec, reply } => Done::PutAgent(reply, scoped(tx, |tx| put_agent(tx, &tenant, &name, &spec))),
-        WriteOp::CreateSession { new, reply } => Done::CreateSession(reply, scoped(tx, |tx| create_session(tx, new))),
-        WriteOp::Append { request, reply } => Done::Append(reply, scoped(tx, |tx| append(tx, request))),
+        WriteOp::Run(_, f) => {
+            let (reply, failed) = f(tx, alone);
+            Done::Run(reply, failed)
+        }
+        WriteOp::PutAgent { tenant, name, spec, reply } => {
+            Done::PutAgent(reply, scoped(tx, alone, |tx| put_agent(tx, &tenant, &name, &spec)))
+        }
+        WriteOp::CreateSession { new, reply } => Done::CreateSession(reply, scoped(tx, alone, |tx| create_session(tx, new))),
+        WriteOp::Append { request, reply } => Done::Append(reply, scoped(tx, alone, |tx| append(tx, request))),
         WriteOp::AcquireLease { session, holder, ttl_ms, force, reply } => {
-            Done::Lease(reply, scoped(tx, |tx| acquire_lease(tx, &session, &holder, ttl_ms, force)))
+            Done::Lease(reply, scoped(tx, alone, |tx| acquire_lease(tx, &session, &holder, ttl_ms, force)))
         }
         WriteOp::ReleaseLease { session, holder, token, reply } => Done::Unit(
             reply,
-            scoped(tx, |tx| {
+            scoped(tx, alone, |tx| {
                 tx.exec(
                     "UPDATE sessions SET lease_holder = NULL, lease_expires_ms = 0 WHERE id = ?1 AND lease_holder = ?2 AND lease_token = ?3",
                     args![session.as_str(), holder, token],
@@ -247,7 +277,7 @@ fn apply_in_savepoint(tx: &dyn Db, op: WriteOp) -> Done {
         ),
         WriteOp::RenewLeases { holder, ttl_ms, reply } => Done::Count(
             reply,
-            scoped(tx, |tx| {
+            scoped(tx, alone, |tx| {
                 // Rows locked in id order, as every group locks them.
                 let sql = format!(
                     "UPDATE sessions SET lease_expires_ms = ?2 WHERE id IN (SELECT id FROM sessions WHERE lease_holder = ?1 ORDER BY id{})",
@@ -258,7 +288,7 @@ fn apply_in_savepoint(tx: &dyn Db, op: WriteOp) -> Done {
         ),
         WriteOp::KvSet { session, key, value, reply } => Done::Unit(
             reply,
-            scoped(tx, |tx| {
+            scoped(tx, alone, |tx| {
                 tx.exec(
                     "INSERT INTO kv (session_id, key, value) VALUES (?1, ?2, ?3)
                      ON CONFLICT (session_id, key) DO UPDATE SET value = excluded.value",
@@ -296,7 +326,7 @@ fn create_session(tx: &dyn Db, new: NewSession) -> Result<(SessionSummary, Event
     };
     let (event, text) = Event::seal(body, GENESIS_HASH);
     let summary = SessionSummary::from_created(&event).expect("event is session.created");
-    insert_event(tx, &event, &text)?;
+    insert_events(tx, std::slice::from_ref(&event), &[text])?;
     tx.exec(
         "INSERT INTO sessions (id, agent, status, created_ms, summary, last_seq, last_hash, tenant) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         args![new.id.as_str(), new.agent, summary.status.as_str(), summary.created_ms, to_json(&summary)?, 1i64, event.hash.as_str(), new.tenant],
@@ -313,14 +343,20 @@ struct SessionRow {
 
 fn append(tx: &dyn Db, req: AppendRequest) -> Result<Vec<Event>, StoreError> {
     let id = &req.session_id;
-    let sql = format!("SELECT summary, last_hash, lease_holder, lease_token FROM sessions WHERE id = ?1{}", tx.for_update());
-    let row = tx.row(&sql, args![id.as_str()])?.ok_or_else(|| StoreError::SessionNotFound(id.clone()))?;
+    // Whether the tenant has budgets comes with the row: one round trip.
+    let sql = format!(
+        "SELECT s.summary, s.last_hash, s.lease_holder, s.lease_token, EXISTS (SELECT 1 FROM budgets b WHERE b.tenant = s.tenant)
+         FROM sessions s WHERE s.id = ?1{}",
+        tx.for_update()
+    );
+    let found = tx.row(&sql, args![id.as_str()])?.ok_or_else(|| StoreError::SessionNotFound(id.clone()))?;
     let mut row = SessionRow {
-        summary: parse(&row.text(0)?, "session summary")?,
-        last_hash: row.text(1)?,
-        lease_holder: row.opt_text(2)?,
-        lease_token: row.int(3)? as u64,
+        summary: parse(&found.text(0)?, "session summary")?,
+        last_hash: found.text(1)?,
+        lease_holder: found.opt_text(2)?,
+        lease_token: found.int(3)? as u64,
     };
+    let tenant_has_budgets = found.int(4)? != 0;
     match &req.fence {
         Fence::Client => {
             if row.summary.status == SessionStatus::Terminated {
@@ -366,9 +402,9 @@ fn append(tx: &dyn Db, req: AppendRequest) -> Result<Vec<Event>, StoreError> {
     for e in &req.events {
         spend.add(Spend::of(&e.data));
     }
-    // Tenants without budgets skip budget work (one indexed lookup): their
-    // day and month spend is not kept, which keeps their commits small.
-    let budgeted = !spend.is_zero() && super::budgets::tenant_has_any(tx, &row.summary.tenant)?;
+    // Tenants without budgets skip budget work: their day and month spend
+    // is not kept, which keeps their commits small.
+    let budgeted = !spend.is_zero() && tenant_has_budgets;
     if budgeted {
         super::budgets::lock_tenant(tx, &row.summary.tenant)?;
     }
@@ -376,17 +412,21 @@ fn append(tx: &dyn Db, req: AppendRequest) -> Result<Vec<Event>, StoreError> {
         check_budgets(tx, &row.summary, &req.events, &spend, ts)?;
     }
     let mut out = Vec::with_capacity(req.events.len());
+    let mut texts = Vec::with_capacity(req.events.len());
+    let mut turns = TurnFolds::default();
     for new in req.events {
         let body = EventBody { v: EVENT_SCHEMA_VERSION, seq: row.summary.last_seq + 1, session_id: id.clone(), ts, data: new.data };
         let (event, text) = Event::seal(body, &row.last_hash);
-        insert_event(tx, &event, &text)?;
-        apply_to_turn(tx, &event)?;
+        turns.apply(tx, &event)?;
         super::approvals::apply(tx, &row.summary.tenant, &event)?;
         super::usage::apply(tx, &row.summary, &event)?;
         row.summary.apply(&event);
         row.last_hash = event.hash.clone();
         out.push(event);
+        texts.push(text);
     }
+    insert_events(tx, &out, &texts)?;
+    turns.write(tx)?;
     if budgeted {
         super::budgets::add_daily(tx, &row.summary.tenant, &row.summary.agent, ts, &spend)?;
     }
@@ -445,38 +485,62 @@ fn read_turn(tx: &dyn Db, session: &agentrt_types::SessionId, turn: &agentrt_typ
     super::read::get_turn(tx, session, turn)
 }
 
-/// Keeps the turn fold in step with the log.
-fn apply_to_turn(tx: &dyn Db, event: &Event) -> Result<(), StoreError> {
-    let Some(turn_id) = event.body.data.turn_id() else { return Ok(()) };
-    let sid = event.body.session_id.as_str();
-    if let Some(turn) = TurnSummary::from_submitted(event) {
-        let inserted = tx.exec(
-            "INSERT INTO turns (session_id, turn_id, status, idempotency_key, submitted_seq, summary)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-            args![sid, turn_id.as_str(), turn.status.as_str(), turn.idempotency_key.as_deref(), turn.submitted_seq, to_json(&turn)?],
-        )?;
-        if inserted == 0 {
-            let existing = tx
-                .text(
-                    "SELECT turn_id FROM turns WHERE session_id = ?1 AND idempotency_key = ?2",
-                    args![sid, turn.idempotency_key.as_deref()],
-                )?
-                .ok_or_else(|| StoreError::Corrupt(format!("turn {turn_id} was refused but no turn has its key")))?;
-            let existing =
-                agentrt_types::TurnId::parse(&existing).ok_or_else(|| StoreError::Corrupt(format!("bad turn id {existing:?}")))?;
-            return Err(StoreError::DuplicateIdempotencyKey(existing));
+/// The turn folds an append changes: read once, written once at its end.
+#[derive(Default)]
+struct TurnFolds(Vec<(TurnSummary, bool)>);
+
+impl TurnFolds {
+    /// Keeps the turn fold in step with the log.
+    fn apply(&mut self, tx: &dyn Db, event: &Event) -> Result<(), StoreError> {
+        let Some(turn_id) = event.body.data.turn_id() else { return Ok(()) };
+        if let Some(turn) = TurnSummary::from_submitted(event) {
+            insert_turn(tx, &turn)?;
+            self.0.push((turn, false));
+            return Ok(());
         }
+        let i = match self.0.iter().position(|(t, _)| &t.turn_id == turn_id) {
+            Some(i) => i,
+            None => {
+                let Some(turn) = read_turn(tx, &event.body.session_id, turn_id)? else {
+                    return Err(StoreError::PreconditionFailed(format!("turn {turn_id} was never submitted")));
+                };
+                self.0.push((turn, false));
+                self.0.len() - 1
+            }
+        };
+        self.0[i].0.apply(event);
+        self.0[i].1 = true;
+        Ok(())
+    }
+
+    fn write(self, tx: &dyn Db) -> Result<(), StoreError> {
+        for (turn, _) in self.0.into_iter().filter(|(_, changed)| *changed) {
+            tx.exec(
+                "UPDATE turns SET status = ?3, summary = ?4 WHERE session_id = ?1 AND turn_id = ?2",
+                args![turn.session_id.as_str(), turn.turn_id.as_str(), turn.status.as_str(), to_json(&turn)?],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the fold of a submitted turn; refuses a second turn with the
+/// same idempotency key.
+fn insert_turn(tx: &dyn Db, turn: &TurnSummary) -> Result<(), StoreError> {
+    let (sid, turn_id, key) = (turn.session_id.as_str(), &turn.turn_id, turn.idempotency_key.as_deref());
+    let inserted = tx.exec(
+        "INSERT INTO turns (session_id, turn_id, status, idempotency_key, submitted_seq, summary)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        args![sid, turn_id.as_str(), turn.status.as_str(), key, turn.submitted_seq, to_json(turn)?],
+    )?;
+    if inserted == 1 {
         return Ok(());
     }
-    let Some(mut turn) = read_turn(tx, &event.body.session_id, turn_id)? else {
-        return Err(StoreError::PreconditionFailed(format!("turn {turn_id} was never submitted")));
-    };
-    turn.apply(event);
-    tx.exec(
-        "UPDATE turns SET status = ?3, summary = ?4 WHERE session_id = ?1 AND turn_id = ?2",
-        args![sid, turn_id.as_str(), turn.status.as_str(), to_json(&turn)?],
-    )?;
-    Ok(())
+    let existing = tx
+        .text("SELECT turn_id FROM turns WHERE session_id = ?1 AND idempotency_key = ?2", args![sid, key])?
+        .ok_or_else(|| StoreError::Corrupt(format!("turn {turn_id} was refused but no turn has its key")))?;
+    let existing = agentrt_types::TurnId::parse(&existing).ok_or_else(|| StoreError::Corrupt(format!("bad turn id {existing:?}")))?;
+    Err(StoreError::DuplicateIdempotencyKey(existing))
 }
 
 fn acquire_lease(
@@ -504,10 +568,25 @@ fn acquire_lease(
     Ok(Some(token as u64))
 }
 
-fn insert_event(tx: &dyn Db, event: &Event, text: &str) -> Result<(), StoreError> {
-    tx.exec(
-        "INSERT INTO events (session_id, seq, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-        args![event.body.session_id.as_str(), event.body.seq, text, event.prev_hash.as_str(), event.hash.as_str()],
-    )?;
+/// Inserts events (with their stored text) in as few statements as can be.
+fn insert_events(tx: &dyn Db, events: &[Event], texts: &[String]) -> Result<(), StoreError> {
+    const ROWS: usize = 50;
+    for (events, texts) in events.chunks(ROWS).zip(texts.chunks(ROWS)) {
+        let values: Vec<String> = (0..events.len())
+            .map(|i| format!("(?{}, ?{}, ?{}, ?{}, ?{})", 5 * i + 1, 5 * i + 2, 5 * i + 3, 5 * i + 4, 5 * i + 5))
+            .collect();
+        let sql = format!("INSERT INTO events (session_id, seq, body, prev_hash, hash) VALUES {}", values.join(", "));
+        let mut values = Vec::with_capacity(5 * events.len());
+        for (e, text) in events.iter().zip(texts) {
+            values.extend([
+                e.body.session_id.as_str().into(),
+                e.body.seq.into(),
+                text.as_str().into(),
+                e.prev_hash.as_str().into(),
+                e.hash.as_str().into(),
+            ]);
+        }
+        tx.exec(&sql, &values)?;
+    }
     Ok(())
 }

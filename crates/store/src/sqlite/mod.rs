@@ -59,10 +59,10 @@ impl SqlStore {
 struct Writer(Connection);
 
 impl WriteConn for Writer {
-    fn transact(&mut self, f: &mut dyn FnMut(&dyn Db)) -> Result<(), String> {
+    fn transact(&mut self, f: &mut dyn FnMut(&dyn Db) -> bool) -> Result<(), String> {
         let tx = self.0.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
-        f(&*tx);
-        tx.commit().map_err(|e| e.to_string())
+        let keep = f(&*tx);
+        if keep { tx.commit() } else { tx.rollback() }.map_err(|e| e.to_string())
     }
 }
 
