@@ -15,16 +15,6 @@ use serde_json::Value;
 /// Lease lifetime of the test nodes, in seconds.
 const LEASE_TTL: u64 = 3;
 
-const AGENT: &str = r#"
-[model]
-provider = "scripted"
-script = [{ tool_calls = [{ name = "effect", arguments = { charge = 10 } }] }, { text = "finished: {tool_results}" }]
-[[tools.http]]
-name = "effect"
-url = "COUNTER/effect"
-idempotent = false
-"#;
-
 struct Cluster {
     dirs: Vec<tempfile::TempDir>,
     nodes: Vec<Server>,
@@ -47,6 +37,10 @@ async fn cluster(n: usize) -> Cluster {
         dirs.push(dir);
     }
     Cluster { dirs, nodes }
+}
+
+async fn post_json(http: &reqwest::Client, url: &str, body: Value) -> Value {
+    http.post(url).json(&body).send().await.unwrap().json().await.unwrap()
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -73,7 +67,7 @@ async fn a_killed_node_loses_its_turn_to_another_within_the_lease_and_readers_se
     let mut c = cluster(3).await;
     let counter = Counter::start().await;
     counter.hold("effect");
-    c.nodes[0].apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
+    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
     let session = c.nodes[0].session("crashy").await;
     // Readers on the nodes that survive, attached before anything runs.
     let readers: Vec<_> = c.nodes[1..]
@@ -117,7 +111,7 @@ async fn a_paused_node_resumed_after_a_takeover_cannot_append() {
     let mut c = cluster(2).await;
     let counter = Counter::start().await;
     counter.hold("effect");
-    c.nodes[0].apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
+    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
     let session = c.nodes[0].session("crashy").await;
     let turn = c.nodes[0].submit(&session, "go").await;
     counter.wait_for("effect").await;
@@ -149,7 +143,7 @@ async fn a_thousand_sessions_spread_over_three_nodes_each_complete_their_turn_on
     const SESSIONS: usize = 1000;
     let c = cluster(3).await;
     let counter = Counter::start().await;
-    c.nodes[0].apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
+    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
     let urls: Vec<String> = c.nodes.iter().map(|n| n.url.clone()).collect();
     let http = c.nodes[0].http.clone();
     // 25 clients, each on the nodes in turn: create a session, submit its turn, wait for it.
@@ -160,25 +154,9 @@ async fn a_thousand_sessions_spread_over_three_nodes_each_complete_their_turn_on
             let mut done = Vec::new();
             for i in (k..SESSIONS).step_by(25) {
                 let url = &urls[i % urls.len()];
-                let s: Value = http
-                    .post(format!("{url}/v1/sessions"))
-                    .json(&serde_json::json!({"agent": "crashy"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let s = post_json(&http, &format!("{url}/v1/sessions"), serde_json::json!({"agent": "crashy"})).await;
                 let id = s["id"].as_str().unwrap().to_owned();
-                let t: Value = http
-                    .post(format!("{url}/v1/sessions/{id}/turns?wait=60"))
-                    .json(&serde_json::json!({"input": "go"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let t = post_json(&http, &format!("{url}/v1/sessions/{id}/turns?wait=60"), serde_json::json!({"input": "go"})).await;
                 assert_eq!(t["status"], "completed", "{t}");
                 done.push(id);
             }
@@ -212,7 +190,7 @@ async fn a_drained_node_finishes_its_turn_then_its_sessions_run_elsewhere() {
     let c = cluster(2).await;
     let counter = Counter::start().await;
     counter.hold("effect");
-    c.nodes[0].apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
+    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
     let session = c.nodes[0].session("crashy").await;
     let first = c.nodes[0].submit(&session, "go").await;
     counter.wait_for("effect").await;
@@ -241,4 +219,24 @@ async fn a_drained_node_finishes_its_turn_then_its_sessions_run_elsewhere() {
     assert_eq!((s, v["status"].as_str()), (200, Some("up")), "{v}");
     let (s, v) = c.nodes[1].post("/v1/nodes/nope/drain", serde_json::json!({})).await;
     assert_eq!(s, 404, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_through_another_node_stops_the_turn_where_it_runs() {
+    let c = cluster(2).await;
+    let counter = Counter::start().await;
+    counter.hold("effect");
+    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
+    let session = c.nodes[0].session("crashy").await;
+    let turn = c.nodes[0].submit(&session, "go").await;
+    counter.wait_for("effect").await;
+
+    let (s, v) = c.nodes[1].post(&format!("/v1/sessions/{session}/turns/{turn}/cancel"), serde_json::json!({})).await;
+    assert_eq!(s, 202, "{v}");
+    // The call stays held: only the relayed cancel can end the turn.
+    let t = c.nodes[1].wait_turn(&session, &turn).await;
+    assert_eq!(t["status"], "cancelled", "{t}");
+    counter.release();
+    let events = c.nodes[1].events(&session).await;
+    assert_eq!(executor_of(&events), ["node-0"], "the turn stopped on the node that ran it");
 }

@@ -8,16 +8,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-const AGENT: &str = r#"
-[model]
-provider = "scripted"
-script = [{ tool_calls = [{ name = "effect", arguments = { charge = 10 } }] }, { text = "finished: {tool_results}" }]
-[[tools.http]]
-name = "effect"
-url = "COUNTER/effect"
-idempotent = false
-"#;
-
 #[tokio::test]
 async fn a_node_killed_mid_call_on_postgres_resumes_the_turn_without_repeating_it() {
     let url = fresh_pg_database().await;
@@ -26,7 +16,7 @@ async fn a_node_killed_mid_call_on_postgres_resumes_the_turn_without_repeating_i
     counter.hold("effect");
     let env = [("AGENTRT_STORE", url.as_str()), ("AGENTRT_NODE_ID", "node-a")];
     let mut server = Server::start_with_env(dir.path(), &env);
-    server.apply("crashy", &AGENT.replace("COUNTER", &counter.url)).await;
+    server.apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
     let session = server.session("crashy").await;
     let turn = server.submit(&session, "go").await;
     counter.wait_for("effect").await;

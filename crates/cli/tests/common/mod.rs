@@ -433,3 +433,14 @@ pub async fn fresh_pg_database() -> String {
     .unwrap();
     url
 }
+
+/// One non-idempotent HTTP tool call (`effect` on the counter), then an answer.
+pub const EFFECT_AGENT: &str = r#"
+[model]
+provider = "scripted"
+script = [{ tool_calls = [{ name = "effect", arguments = { charge = 10 } }] }, { text = "finished: {tool_results}" }]
+[[tools.http]]
+name = "effect"
+url = "COUNTER/effect"
+idempotent = false
+"#;
