@@ -240,3 +240,32 @@ async fn a_cancel_sent_through_another_node_stops_the_turn_where_it_runs() {
     let events = c.nodes[1].events(&session).await;
     assert_eq!(executor_of(&events), ["node-0"], "the turn stopped on the node that ran it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_through_another_node_fences_the_running_node_which_goes_on_under_the_new_agent() {
+    const TAKER: &str = r#"
+[model]
+provider = "scripted"
+script = [{ text = "not used" }, { text = "billing took over: {tool_results}" }]
+"#;
+    let c = cluster(2).await;
+    let counter = Counter::start().await;
+    counter.hold("effect");
+    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
+    c.nodes[0].apply("billing", TAKER).await;
+    let session = c.nodes[0].session("crashy").await;
+    let turn = c.nodes[0].submit(&session, "go").await;
+    counter.wait_for("effect").await;
+
+    let (s, v) = c.nodes[1].post(&format!("/v1/sessions/{session}/handover"), serde_json::json!({"agent": "billing"})).await;
+    assert_eq!(s, 200, "{v}");
+    counter.release();
+    let t = c.nodes[1].wait_turn(&session, &turn).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert!(t["output"].as_str().unwrap().starts_with("billing took over"), "{t}");
+    let events = c.nodes[1].events(&session).await;
+    let effect: Vec<&Value> = events.iter().filter(|e| e["type"] == "tool.completed" && e["tool"] == "effect").collect();
+    assert_eq!((effect.len(), effect[0]["outcome"].as_str()), (1, Some("unknown")), "the fenced node's late result was refused");
+    assert_eq!(executor_of(&events), ["node-0", "node-0"], "node-0 took its own lease again and went on");
+    assert_eq!(counter_of(&c.nodes[0], "agentrt_executors_fenced_total").await, 1.0);
+}

@@ -167,11 +167,11 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
                     tracing::warn!(session = %id, "lease lost to another executor or a handover; stepping back");
                     inner.metrics.fenced.inc();
                     inner.executors.remove_if_same(&id, &slot);
-                    // A handover on this node fences its executor and asks
-                    // for a new one, which this one may have swallowed.
-                    if slot.dirty.load(Ordering::SeqCst) {
-                        ensure_running(&inner, &id);
-                    }
+                    // After a handover (through any node) the lease is still
+                    // this node's: a new executor takes it with the new token
+                    // and goes on under the new agent. After a takeover it is
+                    // another node's, and the new executor finds it held.
+                    ensure_running(&inner, &id);
                     return;
                 }
                 Err(Abort::Shutdown) => {
