@@ -96,6 +96,8 @@ impl Engine {
 
 /// Sessions claimed per look.
 const CLAIM_BATCH: usize = 200;
+/// Events re-read per session when announcements were missed.
+const RESYNC_EVENTS: u64 = 200;
 
 /// Starts claiming and relaying, unless this node is alone on its store.
 pub(crate) fn spawn(inner: &Arc<Inner>) {
@@ -143,24 +145,45 @@ fn spawn_relay(inner: &Arc<Inner>, mut rx: mpsc::UnboundedReceiver<RemoteAppend>
                 a = rx.recv() => match a { Some(a) => a, None => return },
                 _ = inner2.shutdown.cancelled() => return,
             };
-            let (watched, running) = (inner2.hub.is_watched(&append.session), inner2.executors.contains(&append.session));
-            if !watched && !running {
-                continue;
-            }
-            let n = (append.last + 1).saturating_sub(append.first) as usize;
-            let events = match inner2.store.read_events(&append.session, append.first.saturating_sub(1), n).await {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::warn!(session = %append.session, error = %e, "could not read another node's events");
-                    continue;
+            match append {
+                RemoteAppend::Appended { session, first, last } => {
+                    if inner2.hub.is_watched(&session) || inner2.executors.contains(&session) {
+                        relay(&inner2, &session, first.saturating_sub(1), (last + 1).saturating_sub(first)).await;
+                    }
                 }
-            };
-            for e in &events {
-                if let EventData::TurnCancelRequested { turn_id, .. } = &e.body.data {
-                    executor::signal_cancel(&inner2, &append.session, turn_id);
+                // Announcements were lost: hand on the latest events of every
+                // session someone here follows (readers skip what they have).
+                RemoteAppend::Missed => {
+                    let mut sessions = inner2.hub.watched();
+                    sessions.extend(inner2.executors.sessions());
+                    sessions.sort();
+                    sessions.dedup();
+                    tracing::info!(sessions = sessions.len(), "store announcements missed; catching up");
+                    for id in sessions {
+                        if let Ok(Some(s)) = inner2.store.get_session(&id).await {
+                            relay(&inner2, &id, s.last_seq.saturating_sub(RESYNC_EVENTS), RESYNC_EVENTS).await;
+                        }
+                    }
                 }
             }
-            inner2.hub.publish(&append.session, &events);
         }
     });
+}
+
+/// Hands a session's events after `after` (at most `n`) to readers and to
+/// the turn running here.
+async fn relay(inner: &Inner, session: &agentrt_types::SessionId, after: u64, n: u64) {
+    let events = match inner.store.read_events(session, after, n as usize).await {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::warn!(%session, error = %e, "could not read another node's events");
+            return;
+        }
+    };
+    for e in &events {
+        if let EventData::TurnCancelRequested { turn_id, .. } = &e.body.data {
+            executor::signal_cancel(inner, session, turn_id);
+        }
+    }
+    inner.hub.publish(session, &events);
 }

@@ -50,6 +50,11 @@ impl Executors {
         self.slots.lock().expect("executors lock poisoned").len()
     }
 
+    /// The sessions with an executor on this node.
+    pub fn sessions(&self) -> Vec<SessionId> {
+        self.slots.lock().expect("executors lock poisoned").keys().cloned().collect()
+    }
+
     /// Whether the session has an executor on this node.
     pub fn contains(&self, id: &SessionId) -> bool {
         self.slots.lock().expect("executors lock poisoned").contains_key(id)

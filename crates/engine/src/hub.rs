@@ -38,6 +38,12 @@ impl EventHub {
         }
     }
 
+    /// The sessions with live readers.
+    pub fn watched(&self) -> Vec<SessionId> {
+        let map = self.channels.lock().expect("hub lock poisoned");
+        map.iter().filter(|(_, tx)| tx.receiver_count() > 0).map(|(id, _)| id.clone()).collect()
+    }
+
     /// Whether the session has live readers.
     pub fn is_watched(&self, session: &SessionId) -> bool {
         self.channels.lock().expect("hub lock poisoned").get(session).is_some_and(|tx| tx.receiver_count() > 0)

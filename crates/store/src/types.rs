@@ -96,12 +96,14 @@ pub struct NodeInfo {
     pub leases: u64,
 }
 
-/// Events another node appended to a session: seqs `first..=last`.
+/// What other nodes appended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteAppend {
-    pub session: SessionId,
-    pub first: u64,
-    pub last: u64,
+pub enum RemoteAppend {
+    /// Events `first..=last` of a session.
+    Appended { session: SessionId, first: u64, last: u64 },
+    /// The listener was cut off and is back: appends made meanwhile were
+    /// not announced.
+    Missed,
 }
 
 /// Passes control of a session from one agent to another (a handover, a

@@ -27,10 +27,14 @@ pub fn spawn(config: Config, own_writer_pid: i32) -> mpsc::UnboundedReceiver<Rem
 }
 
 fn listen(config: Config, own_writer_pid: i32, tx: mpsc::UnboundedSender<RemoteAppend>) {
+    let mut first = true;
     while !tx.is_closed() {
         match config.connect(NoTls) {
             Ok(mut client) => match client.batch_execute(&format!("LISTEN {CHANNEL}")) {
                 Ok(()) => {
+                    if !std::mem::replace(&mut first, false) && tx.send(RemoteAppend::Missed).is_err() {
+                        return;
+                    }
                     loop {
                         // A new wait each time: a timeout iterator's deadline does not move on.
                         match client.notifications().timeout_iter(Duration::from_secs(1)).next() {
@@ -64,5 +68,5 @@ fn parse(payload: &str) -> Option<RemoteAppend> {
     let session = SessionId::parse(parts.next()?)?;
     let first = parts.next()?.parse().ok()?;
     let last = parts.next()?.parse().ok()?;
-    Some(RemoteAppend { session, first, last })
+    Some(RemoteAppend::Appended { session, first, last })
 }

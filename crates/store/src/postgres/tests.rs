@@ -65,3 +65,49 @@ async fn the_writer_connects_again_after_its_connection_is_killed() {
     }
     assert_eq!(store.kv_get(&id, "k").await.unwrap(), Some(json!(1)));
 }
+
+#[tokio::test]
+async fn a_listener_cut_off_says_what_it_missed_once_it_is_back() {
+    use std::time::{Duration, Instant};
+
+    use crate::sql::tests::{client, submit};
+    use crate::RemoteAppend;
+
+    let url = fresh_pg_database().await;
+    let (a, b) = (SqlStore::connect_postgres(&url).unwrap(), SqlStore::connect_postgres(&url).unwrap());
+    let mut heard = a.remote_appends().expect("PostgreSQL announces appends");
+    let id = session(&b).await;
+    // Another node's append is announced, once the listener is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let appended = b.append(client(&id, vec![submit(&agentrt_types::TurnId::generate(), None)])).await.unwrap();
+        let seq = appended[0].seq();
+        if let Ok(Some(RemoteAppend::Appended { session, first, last })) =
+            tokio::time::timeout(Duration::from_millis(300), heard.recv()).await
+        {
+            assert_eq!((session, first, last), (id.clone(), seq, seq));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no announcement arrived");
+    }
+    // Cut the listener off: when it is back, it says it may have missed some.
+    let admin = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'agentrt listener' AND datname = current_database()",
+                &[],
+            )
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), heard.recv()).await {
+            Ok(Some(RemoteAppend::Missed)) => break,
+            Ok(Some(RemoteAppend::Appended { .. })) => continue,
+            other => panic!("the listener did not come back: {other:?}"),
+        }
+    }
+}

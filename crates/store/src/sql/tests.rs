@@ -72,7 +72,7 @@ pub(crate) async fn session(store: &SqlStore) -> SessionId {
     id
 }
 
-fn submit(turn: &TurnId, key: Option<&str>) -> agentrt_types::NewEvent {
+pub(crate) fn submit(turn: &TurnId, key: Option<&str>) -> agentrt_types::NewEvent {
     EventData::TurnSubmitted {
         turn_id: turn.clone(),
         input: "hi".into(),
@@ -83,7 +83,7 @@ fn submit(turn: &TurnId, key: Option<&str>) -> agentrt_types::NewEvent {
     .into()
 }
 
-fn client(id: &SessionId, events: Vec<agentrt_types::NewEvent>) -> AppendRequest {
+pub(crate) fn client(id: &SessionId, events: Vec<agentrt_types::NewEvent>) -> AppendRequest {
     AppendRequest { session_id: id.clone(), fence: Fence::Client, precondition: None, events }
 }
 
