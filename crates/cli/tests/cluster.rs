@@ -39,6 +39,26 @@ async fn cluster(n: usize) -> Cluster {
     Cluster { dirs, nodes }
 }
 
+/// A cluster of `n` nodes with the effect agent, and a turn of it that
+/// node-0 runs, held in its `effect` call.
+struct Held {
+    c: Cluster,
+    counter: Counter,
+    session: String,
+    turn: String,
+}
+
+async fn held_turn(n: usize) -> Held {
+    let c = cluster(n).await;
+    let counter = Counter::start().await;
+    counter.hold("effect");
+    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
+    let session = c.nodes[0].session("crashy").await;
+    let turn = c.nodes[0].submit(&session, "go").await;
+    counter.wait_for("effect").await;
+    Held { c, counter, session, turn }
+}
+
 async fn post_json(http: &reqwest::Client, url: &str, body: Value) -> Value {
     http.post(url).json(&body).send().await.unwrap().json().await.unwrap()
 }
@@ -64,12 +84,8 @@ fn executor_of(events: &[Value]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_loses_its_turn_to_another_within_the_lease_and_readers_see_every_event_once() {
-    let mut c = cluster(3).await;
-    let counter = Counter::start().await;
-    counter.hold("effect");
-    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
-    let session = c.nodes[0].session("crashy").await;
-    // Readers on the nodes that survive, attached before anything runs.
+    let Held { mut c, counter, session, turn } = held_turn(3).await;
+    // Readers on the nodes that survive, from the log's first event.
     let readers: Vec<_> = c.nodes[1..]
         .iter()
         .map(|n| {
@@ -77,8 +93,6 @@ async fn a_killed_node_loses_its_turn_to_another_within_the_lease_and_readers_se
             tokio::spawn(async move { read_sse(&url, &session, None, 1000, |e| e["type"] == "turn.completed").await })
         })
         .collect();
-    let turn = c.nodes[0].submit(&session, "go").await;
-    counter.wait_for("effect").await;
 
     let killed = Instant::now();
     c.nodes[0].kill();
@@ -108,13 +122,7 @@ async fn a_killed_node_loses_its_turn_to_another_within_the_lease_and_readers_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_resumed_after_a_takeover_cannot_append() {
-    let mut c = cluster(2).await;
-    let counter = Counter::start().await;
-    counter.hold("effect");
-    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
-    let session = c.nodes[0].session("crashy").await;
-    let turn = c.nodes[0].submit(&session, "go").await;
-    counter.wait_for("effect").await;
+    let Held { mut c, counter, session, turn } = held_turn(2).await;
 
     let paused = c.nodes[0].pid();
     signal(paused, "-STOP");
@@ -187,13 +195,7 @@ async fn a_thousand_sessions_spread_over_three_nodes_each_complete_their_turn_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_finishes_its_turn_then_its_sessions_run_elsewhere() {
-    let c = cluster(2).await;
-    let counter = Counter::start().await;
-    counter.hold("effect");
-    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
-    let session = c.nodes[0].session("crashy").await;
-    let first = c.nodes[0].submit(&session, "go").await;
-    counter.wait_for("effect").await;
+    let Held { c, counter, session, turn: first } = held_turn(2).await;
 
     // Asked through the node itself, it knows at once (others learn at its next heartbeat).
     let url = c.nodes[0].url.clone();
@@ -223,13 +225,7 @@ async fn a_drained_node_finishes_its_turn_then_its_sessions_run_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_sent_through_another_node_stops_the_turn_where_it_runs() {
-    let c = cluster(2).await;
-    let counter = Counter::start().await;
-    counter.hold("effect");
-    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
-    let session = c.nodes[0].session("crashy").await;
-    let turn = c.nodes[0].submit(&session, "go").await;
-    counter.wait_for("effect").await;
+    let Held { c, counter, session, turn } = held_turn(2).await;
 
     let (s, v) = c.nodes[1].post(&format!("/v1/sessions/{session}/turns/{turn}/cancel"), serde_json::json!({})).await;
     assert_eq!(s, 202, "{v}");
@@ -248,14 +244,8 @@ async fn a_handover_through_another_node_fences_the_running_node_which_goes_on_u
 provider = "scripted"
 script = [{ text = "not used" }, { text = "billing took over: {tool_results}" }]
 "#;
-    let c = cluster(2).await;
-    let counter = Counter::start().await;
-    counter.hold("effect");
-    c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
+    let Held { c, counter, session, turn } = held_turn(2).await;
     c.nodes[0].apply("billing", TAKER).await;
-    let session = c.nodes[0].session("crashy").await;
-    let turn = c.nodes[0].submit(&session, "go").await;
-    counter.wait_for("effect").await;
 
     let (s, v) = c.nodes[1].post(&format!("/v1/sessions/{session}/handover"), serde_json::json!({"agent": "billing"})).await;
     assert_eq!(s, 200, "{v}");
