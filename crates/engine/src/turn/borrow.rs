@@ -21,10 +21,9 @@ use agentrt_types::time::now_ms;
 use agentrt_types::{EventData, NewEvent, Outcome};
 use serde_json::json;
 
-use super::{load_agent, Abort, TurnRun};
+use super::{Abort, TurnRun};
 use crate::handover::transfer;
 use crate::history::{OpenBorrow, OpenToolCall};
-use crate::EngineError;
 
 /// Loans within loans, at most.
 pub const MAX_BORROW_DEPTH: usize = 8;
@@ -331,24 +330,6 @@ impl TurnRun {
             turn_id: Some(self.turn.turn_id.clone()),
             events,
         };
-        let (events, token) = match transfer(&self.inner, request).await {
-            Ok(done) => done,
-            Err(EngineError::Store(StoreError::StaleFence { .. })) => return Err(Abort::Fenced),
-            Err(EngineError::Store(e)) => return Err(Abort::Store(e)),
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        for e in &events {
-            self.observe(e);
-        }
-        self.take_token(token);
-        Ok(Ok(()))
-    }
-
-    /// Runs the rest of the turn as `name`, or says why that version
-    /// cannot be loaded (the name changes either way: it is in control).
-    async fn switch_agent(&mut self, name: &str, version: u32) -> Result<(), String> {
-        self.agent_name = name.to_owned();
-        self.agent = Some(load_agent(&self.inner, &self.tenant, name, version).await?);
-        Ok(())
+        Ok(self.took_control(transfer(&self.inner, request).await)?.map(drop))
     }
 }

@@ -3,7 +3,7 @@
 //! goes on with the new agent, the executor holding the new fencing token.
 
 use agentrt_store::{Fence, StoreError};
-use agentrt_types::{EventData, NewEvent, Outcome};
+use agentrt_types::{Event, EventData, NewEvent, Outcome};
 use serde_json::json;
 
 use super::{load_agent, Abort, TurnRun};
@@ -44,39 +44,49 @@ impl TurnRun {
             reason: call.call.arguments["reason"].as_str().map(str::to_owned),
             before,
         };
-        let (events, token) = match hand_over(&self.inner, handover).await {
-            Ok(done) => done,
-            Err(EngineError::Store(StoreError::StaleFence { .. })) => return Err(Abort::Fenced),
-            Err(EngineError::Store(e)) => return Err(Abort::Store(e)),
-            Err(e) => {
-                carry.push(self.completed(call, Outcome::Error, json!({"error": e.to_string()}), 0, 1));
+        let events = match self.took_control(hand_over(&self.inner, handover).await)? {
+            Ok(events) => events,
+            Err(why) => {
+                carry.push(self.completed(call, Outcome::Error, json!({"error": why}), 0, 1));
                 return Ok(carry);
             }
         };
-        for e in &events {
-            self.observe(e);
-        }
-        self.take_token(token);
         let version = events.iter().find_map(|e| match &e.body.data {
             EventData::HandoffCompleted { to_version, .. } => Some(*to_version),
             _ => None,
         });
         tracing::info!(from, to, "session handed over");
-        self.agent = match load_agent(&self.inner, &self.tenant, &to, version.unwrap_or(1)).await {
-            Ok(a) => Some(a),
-            Err(message) => {
-                self.fail(vec![], "agent_unavailable", &message).await?;
-                return Ok(vec![]);
-            }
-        };
-        self.agent_name = to;
+        if let Err(message) = self.switch_agent(&to, version.unwrap_or(1)).await {
+            self.fail(vec![], "agent_unavailable", &message).await?;
+        }
         Ok(vec![])
     }
 
-    /// Writes from here on with the token control passed with.
-    pub(super) fn take_token(&mut self, token: u64) {
+    /// The outcome of a change of control (a handover, a loan, a loan's
+    /// return) for the loop: once it is done, its events are observed and
+    /// the executor writes with the new token; a stale token or a store
+    /// failure aborts the turn; any other refusal says why, for the agent.
+    pub(super) fn took_control(&mut self, done: Result<(Vec<Event>, u64), EngineError>) -> Result<Result<Vec<Event>, String>, Abort> {
+        let (events, token) = match done {
+            Ok(done) => done,
+            Err(EngineError::Store(StoreError::StaleFence { .. })) => return Err(Abort::Fenced),
+            Err(EngineError::Store(e)) => return Err(Abort::Store(e)),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        for e in &events {
+            self.observe(e);
+        }
         if let Fence::Lease { holder, .. } = &self.fence {
             self.fence = Fence::Lease { holder: holder.clone(), token };
         }
+        Ok(Ok(events))
+    }
+
+    /// Runs the rest of the turn as `name`, or says why that version
+    /// cannot be loaded (the name changes either way: it is in control).
+    pub(super) async fn switch_agent(&mut self, name: &str, version: u32) -> Result<(), String> {
+        self.agent_name = name.to_owned();
+        self.agent = Some(load_agent(&self.inner, &self.tenant, name, version).await?);
+        Ok(())
     }
 }
