@@ -61,19 +61,17 @@ impl Engine {
     /// The cluster's nodes, with their leases and health.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, EngineError> {
         let now = now_ms();
+        Ok(self.inner.store.list_nodes(now).await?.into_iter().map(|info| self.node_view(info, now)).collect())
+    }
+
+    fn node_view(&self, info: NodeInfo, now: i64) -> NodeView {
         let stale = 2 * self.inner.config.lease_ttl.as_millis() as i64;
-        let nodes = self.inner.store.list_nodes(now).await?;
-        Ok(nodes
-            .into_iter()
-            .map(|info| {
-                let status = match (now - info.heartbeat_ms > stale, info.draining) {
-                    (true, _) => "down",
-                    (false, true) => "draining",
-                    (false, false) => "up",
-                };
-                NodeView { this_node: info.id == self.inner.config.node_id, status, info }
-            })
-            .collect())
+        let status = match (now - info.heartbeat_ms > stale, info.draining) {
+            (true, _) => "down",
+            (false, true) => "draining",
+            (false, false) => "up",
+        };
+        NodeView { this_node: info.id == self.inner.config.node_id, status, info }
     }
 
     /// Asks a node to drain (give its sessions up at their next turn
@@ -84,13 +82,14 @@ impl Engine {
                 "this node is alone on its store: draining it would leave its sessions to no one; run several nodes on PostgreSQL".into(),
             ));
         }
-        let Some(_) = self.inner.store.set_node_draining(id, draining, now_ms()).await? else {
+        let now = now_ms();
+        let Some(info) = self.inner.store.set_node_draining(id, draining, now).await? else {
             return Err(EngineError::NotFound(format!("node {id:?} not found")));
         };
         if id == self.inner.config.node_id {
             heartbeat(&self.inner).await?;
         }
-        self.nodes().await?.into_iter().find(|n| n.info.id == id).ok_or_else(|| EngineError::NotFound(format!("node {id:?} not found")))
+        Ok(self.node_view(info, now))
     }
 }
 
@@ -117,9 +116,8 @@ fn spawn_claims(inner: &Arc<Inner>) {
     inner.tasks.spawn(async move {
         let every = (inner2.config.lease_ttl / 3).max(Duration::from_millis(200));
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = inner2.shutdown.cancelled() => return,
+            if executor::sleep_or_shutdown(&inner2, every).await {
+                return;
             }
             if inner2.node.draining() {
                 continue;

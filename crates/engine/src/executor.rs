@@ -125,12 +125,12 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
     };
     let mut fence = Fence::Lease { holder: holder.clone(), token };
     loop {
+        let token = match &fence {
+            Fence::Lease { token, .. } => *token,
+            Fence::Client => token,
+        };
         if inner.node.draining() {
             // A turn boundary: the session moves to another node.
-            let token = match &fence {
-                Fence::Lease { token, .. } => *token,
-                Fence::Client => token,
-            };
             inner.executors.remove_if_same(&id, &slot);
             if let Err(e) = inner.store.release_lease(&id, &holder, token).await {
                 tracing::warn!(session = %id, error = %e, "could not release lease while draining");
@@ -148,10 +148,6 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
                 }
                 continue;
             }
-        };
-        let token = match &fence {
-            Fence::Lease { token, .. } => *token,
-            Fence::Client => token,
         };
         if turns.is_empty() {
             if !let_go(&inner, &id, &slot, &holder, token).await {
@@ -241,7 +237,7 @@ fn wake_at(inner: &Arc<Inner>, id: &SessionId, at_ms: i64) {
 }
 
 /// Sleeps; returns `true` if shutdown began meanwhile.
-async fn sleep_or_shutdown(inner: &Inner, d: Duration) -> bool {
+pub(crate) async fn sleep_or_shutdown(inner: &Inner, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = inner.shutdown.cancelled() => true,
