@@ -47,7 +47,8 @@ pub async fn register_loop_agent(engine: &Engine, tool_calls: u32) -> anyhow::Re
     Ok(name)
 }
 
-async fn run_turn(engine: &Engine, id: &SessionId) -> anyhow::Result<()> {
+/// Runs one turn of the session to its end; an error unless it completed.
+pub async fn run_turn(engine: &Engine, id: &SessionId) -> anyhow::Result<()> {
     let (turn, _) = engine
         .submit_turn(id, SubmitTurn { input: "go".into(), on_busy: OnBusy::Queue, idempotency_key: None, traceparent: None, borrow: None })
         .await?;

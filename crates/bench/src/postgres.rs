@@ -9,28 +9,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use agentrt_engine::{Engine, EngineConfig, OnBusy, SubmitTurn};
+use agentrt_engine::{Engine, EngineConfig};
 use agentrt_store::sql::SqlStore;
 use agentrt_types::DEFAULT_TENANT;
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use serde_json::Value;
 
-use crate::inproc::{register_loop_agent, Rig};
+use crate::inproc::{register_loop_agent, run_turn, Rig};
 use crate::stats::Stats;
 use crate::timed_store::{Commits, TimedStore};
 
 /// An empty database on the server at `admin` (a URL naming any database).
-pub async fn fresh_database(admin: &str) -> anyhow::Result<String> {
+pub fn fresh_database(admin: &str) -> anyhow::Result<String> {
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("{}/{name}", admin.rsplit_once('/').context("the PostgreSQL URL names a database")?.0);
-    let admin = admin.to_owned();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls).context("connect to the benchmark's PostgreSQL")?;
-        client.batch_execute(&format!("CREATE DATABASE {name}"))?;
-        Ok(())
-    })
-    .await??;
-    Ok(url)
+    agentrt_store::postgres::create_database(admin, &name).context("create a database on the benchmark's PostgreSQL")
 }
 
 /// A node: an engine on its own connections to `url`.
@@ -46,14 +38,14 @@ async fn node(url: &str, id: usize) -> anyhow::Result<Rig> {
 
 /// A single node on a fresh database, for the per-step measurements.
 pub async fn rig(admin: &str) -> anyhow::Result<Rig> {
-    node(&fresh_database(admin).await?, 0).await
+    node(&fresh_database(admin)?, 0).await
 }
 
 /// Durable steps per second of `sessions` turns of `2 * tool_calls + 1`
 /// steps, spread over `nodes` nodes on one fresh database (each node runs
 /// the turns submitted to it).
 pub async fn throughput(admin: &str, nodes: usize, sessions: usize, tool_calls: u32) -> anyhow::Result<f64> {
-    let url = fresh_database(admin).await?;
+    let url = fresh_database(admin)?;
     let mut rigs = Vec::with_capacity(nodes);
     for i in 0..nodes {
         rigs.push(node(&url, i).await?);
@@ -66,16 +58,7 @@ pub async fn throughput(admin: &str, nodes: usize, sessions: usize, tool_calls: 
         work.push((engine, id));
     }
     let started = Instant::now();
-    let runs = futures_util::future::join_all(work.iter().map(|(engine, id)| async move {
-        let submit = SubmitTurn { input: "go".into(), on_busy: OnBusy::Queue, idempotency_key: None, traceparent: None, borrow: None };
-        let (turn, _) = engine.submit_turn(id, submit).await?;
-        let done = engine.wait_turn(id, &turn.turn_id, std::time::Duration::from_secs(600)).await?;
-        match done.status.as_str() {
-            "completed" => Ok(()),
-            other => Err(anyhow!("turn ended {other}: {:?}", done.error)),
-        }
-    }))
-    .await;
+    let runs = futures_util::future::join_all(work.iter().map(|(engine, id)| run_turn(engine, id))).await;
     let elapsed = started.elapsed();
     for r in runs {
         r?;

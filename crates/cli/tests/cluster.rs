@@ -22,7 +22,7 @@ struct Cluster {
 
 /// Starts `n` nodes named node-0… on one fresh database.
 async fn cluster(n: usize) -> Cluster {
-    let url = fresh_pg_database().await;
+    let url = fresh_pg_database();
     let mut dirs = Vec::new();
     let mut nodes: Vec<Server> = Vec::new();
     for i in 0..n {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 #[tokio::test]
 async fn a_node_killed_mid_call_on_postgres_resumes_the_turn_without_repeating_it() {
-    let url = fresh_pg_database().await;
+    let url = fresh_pg_database();
     let dir = tempfile::tempdir().unwrap();
     let counter = Counter::start().await;
     counter.hold("effect");

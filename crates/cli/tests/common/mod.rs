@@ -420,18 +420,11 @@ pub const PAY_SCHEMA: &str = r#"action "pay" in ["call_tool"] appliesTo {
 };"#;
 
 /// An empty database on the test server (`AGENTRT_TEST_POSTGRES`).
-pub async fn fresh_pg_database() -> String {
+pub fn fresh_pg_database() -> String {
     let admin = std::env::var("AGENTRT_TEST_POSTGRES")
         .expect("AGENTRT_TEST_POSTGRES is not set: run the suite with ./scripts/test.sh, which starts a PostgreSQL server");
     let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("{}/{name}", admin.rsplit_once('/').expect("the URL names a database").0);
-    tokio::task::spawn_blocking(move || {
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to AGENTRT_TEST_POSTGRES");
-        client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-    })
-    .await
-    .unwrap();
-    url
+    agentrt_store::postgres::create_database(&admin, &name).expect("create a database on AGENTRT_TEST_POSTGRES")
 }
 
 /// One non-idempotent HTTP tool call (`effect` on the counter), then an answer.

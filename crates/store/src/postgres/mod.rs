@@ -26,6 +26,23 @@ pub fn is_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// Creates the empty database `name` (letters, digits and `_`) on the
+/// server of `admin_url` (a URL naming any database there); answers the new
+/// database's URL. For tests, benchmarks and first installs.
+pub fn create_database(admin_url: &str, name: &str) -> Result<String, StoreError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError::Database(format!("{name:?} is not a database name (letters, digits and _)")));
+    }
+    let (base, _) = admin_url.rsplit_once('/').ok_or_else(|| StoreError::Database("the PostgreSQL URL names no database".into()))?;
+    let config: Config = admin_url.parse().map_err(|e| StoreError::Database(format!("bad PostgreSQL URL: {e}")))?;
+    let sql = format!("CREATE DATABASE {name}");
+    // The client blocks on a runtime of its own: off any async thread.
+    std::thread::spawn(move || config.connect(NoTls).and_then(|mut c| c.batch_execute(&sql)).map_err(pg))
+        .join()
+        .map_err(|_| StoreError::Database("create-database thread died".into()))??;
+    Ok(format!("{base}/{name}"))
+}
+
 impl SqlStore {
     /// Connects to the PostgreSQL database at `url` (`postgres://user:pass@host:port/db`),
     /// creating or migrating its schema; refuses a schema newer than this

@@ -9,7 +9,7 @@ use crate::{Store, StoreError};
 
 #[tokio::test]
 async fn reconnecting_keeps_everything_and_a_newer_schema_is_refused() {
-    let url = fresh_pg_database().await;
+    let url = fresh_pg_database();
     let id = {
         let store = SqlStore::connect_postgres(&url).unwrap();
         let id = session(&store).await;
@@ -40,7 +40,7 @@ async fn a_bad_url_or_an_unreachable_server_is_a_clear_error() {
 
 #[tokio::test]
 async fn the_writer_connects_again_after_its_connection_is_killed() {
-    let url = fresh_pg_database().await;
+    let url = fresh_pg_database();
     let store = SqlStore::connect_postgres(&url).unwrap();
     let id = session(&store).await;
     let admin = url.clone();
@@ -73,7 +73,7 @@ async fn a_listener_cut_off_says_what_it_missed_once_it_is_back() {
     use crate::sql::tests::{client, submit};
     use crate::RemoteAppend;
 
-    let url = fresh_pg_database().await;
+    let url = fresh_pg_database();
     let (a, b) = (SqlStore::connect_postgres(&url).unwrap(), SqlStore::connect_postgres(&url).unwrap());
     let mut heard = a.remote_appends().expect("PostgreSQL announces appends");
     let id = session(&b).await;

@@ -29,25 +29,18 @@ pub(crate) async fn open(backend: Backend) -> (Scratch, SqlStore) {
             (Scratch(Some(dir)), store)
         }
         Backend::Postgres => {
-            let url = fresh_pg_database().await;
+            let url = fresh_pg_database();
             (Scratch(None), SqlStore::connect_postgres(&url).unwrap())
         }
     }
 }
 
 /// Creates an empty database on the test server; answers its URL.
-pub(crate) async fn fresh_pg_database() -> String {
+pub(crate) fn fresh_pg_database() -> String {
     let admin = std::env::var("AGENTRT_TEST_POSTGRES")
         .expect("AGENTRT_TEST_POSTGRES is not set: run the suite with ./scripts/test.sh, which starts a PostgreSQL server");
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let url = admin.rsplit_once('/').map(|(base, _)| format!("{base}/{name}")).expect("AGENTRT_TEST_POSTGRES ends with a database name");
-    tokio::task::spawn_blocking(move || {
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to AGENTRT_TEST_POSTGRES");
-        client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-    })
-    .await
-    .unwrap();
-    url
+    crate::postgres::create_database(&admin, &format!("t_{}", uuid::Uuid::new_v4().simple()))
+        .expect("create a database on AGENTRT_TEST_POSTGRES")
 }
 
 /// Makes a test of each of the suite's tests for each backend:
