@@ -55,6 +55,12 @@ pub struct Config {
     /// First host uid sandbox root maps to (each session gets one of the
     /// 65536 from here on).
     pub sandbox_uid_base: u32,
+    /// Where sandbox workspaces go so that they follow their session to
+    /// another node (PostgreSQL `store` only): a directory every node
+    /// shares (an absolute path or `file://` URL), or `s3://BUCKET/PREFIX`
+    /// (credentials, region and endpoint from the `AWS_*` variables).
+    /// Empty: workspaces stay on the node that made them.
+    pub workspace_store: String,
     /// Authentication off, every request acting as an admin of the default
     /// tenant; refused unless `listen` is a loopback address. For trying
     /// agentrt out on one machine, never for production.
@@ -95,6 +101,7 @@ impl Default for Config {
             sandbox_driver: "linux".into(),
             sandbox_agent: String::new(),
             sandbox_uid_base: 200_000,
+            workspace_store: String::new(),
             dev_mode: false,
             policy_default: agentrt_engine::governance::PolicyDefault::Forbid,
             models: Default::default(),
@@ -144,6 +151,7 @@ struct FileConfig {
     sandbox_driver: Option<String>,
     sandbox_agent: Option<String>,
     sandbox_uid_base: Option<u32>,
+    workspace_store: Option<String>,
     dev_mode: Option<bool>,
     policy_default: Option<agentrt_engine::governance::PolicyDefault>,
     models: Option<std::collections::BTreeMap<String, agentrt_gateway::RouteSpec>>,
@@ -177,6 +185,7 @@ impl Config {
                 sandbox_driver,
                 sandbox_agent,
                 sandbox_uid_base,
+                workspace_store,
                 dev_mode,
                 policy_default,
                 models
@@ -253,6 +262,13 @@ impl Config {
         }
         if !self.store.is_empty() && !agentrt_store::postgres::is_url(&self.store) {
             bail!("store must be empty (SQLite in data-dir) or a PostgreSQL URL such as postgres://user:password@host:5432/db");
+        }
+        if !self.workspace_store.is_empty() && self.store.is_empty() {
+            bail!("workspace-store moves workspaces between nodes, which share a PostgreSQL store: set store too, or leave workspace-store empty");
+        }
+        let ws = self.workspace_store.as_str();
+        if !(ws.is_empty() || ws.starts_with('/') || ws.starts_with("file:///") || ws.starts_with("s3://")) {
+            bail!("workspace-store {ws:?} must be an absolute directory, a file:// URL or an s3:// URL");
         }
         Ok(())
     }

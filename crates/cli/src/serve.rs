@@ -50,6 +50,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if !config.node_id.is_empty() {
         engine_config.node_id = config.node_id.clone();
     }
+    engine_config.workspace_sync = workspace_sync(&config, &engine_config.node_id)?;
     // Sandboxes reach the gateway through a bridge that needs the API's
     // state, which needs the engine: the bridge waits for it.
     let (bridge_state, bridge_rx) = tokio::sync::watch::channel(None);
@@ -138,6 +139,23 @@ fn serve_bridge(state: tokio::sync::watch::Receiver<Option<AppState>>) -> agentr
         })
         .abort_handle()
     })
+}
+
+/// How workspaces follow their sessions to other nodes, if they do.
+fn workspace_sync(config: &Config, node: &str) -> anyhow::Result<Option<agentrt_sandbox::manager::WorkspaceSync>> {
+    if config.workspace_store.is_empty() || config.sandbox_driver == "none" {
+        if !config.store.is_empty() && config.sandbox_driver != "none" {
+            tracing::warn!("workspace-store is not set: a session's sandbox workspace stays on the node that made it, and a session that moves starts with an empty one");
+        }
+        return Ok(None);
+    }
+    let store = agentrt_sandbox::workspace_store::WorkspaceStore::open(&config.workspace_store).context("open the workspace store")?;
+    tracing::info!(location = store.location(), "workspaces follow their sessions through the workspace store");
+    Ok(Some(agentrt_sandbox::manager::WorkspaceSync {
+        store,
+        dir: config.data_dir.join("sandboxes").join("transfer"),
+        node: node.to_owned(),
+    }))
 }
 
 /// The configured sandbox driver, if sandboxes are on.

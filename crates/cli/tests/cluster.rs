@@ -15,30 +15,6 @@ use serde_json::Value;
 /// Lease lifetime of the test nodes, in seconds.
 const LEASE_TTL: u64 = 3;
 
-struct Cluster {
-    dirs: Vec<tempfile::TempDir>,
-    nodes: Vec<Server>,
-}
-
-/// Starts `n` nodes named node-0… on one fresh database.
-async fn cluster(n: usize) -> Cluster {
-    let url = fresh_pg_database();
-    let mut dirs = Vec::new();
-    let mut nodes: Vec<Server> = Vec::new();
-    for i in 0..n {
-        let dir = tempfile::tempdir().unwrap();
-        if let Some(first) = nodes.first() {
-            // Only the first node prints the bootstrap admin key.
-            std::fs::write(dir.path().join("test-admin-key"), &first.admin_key).unwrap();
-        }
-        let (node, ttl) = (format!("node-{i}"), LEASE_TTL.to_string());
-        let env = [("AGENTRT_STORE", url.as_str()), ("AGENTRT_NODE_ID", node.as_str()), ("AGENTRT_LEASE_TTL_SECONDS", ttl.as_str())];
-        nodes.push(Server::start_with_env(dir.path(), &env));
-        dirs.push(dir);
-    }
-    Cluster { dirs, nodes }
-}
-
 /// A cluster of `n` nodes with the effect agent, and a turn of it that
 /// node-0 runs, held in its `effect` call.
 struct Held {
@@ -49,7 +25,7 @@ struct Held {
 }
 
 async fn held_turn(n: usize) -> Held {
-    let c = cluster(n).await;
+    let c = cluster_with_env(n, LEASE_TTL, &[]);
     let counter = Counter::start().await;
     counter.hold("effect");
     c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
@@ -149,7 +125,7 @@ async fn a_paused_node_resumed_after_a_takeover_cannot_append() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_sessions_spread_over_three_nodes_each_complete_their_turn_once() {
     const SESSIONS: usize = 1000;
-    let c = cluster(3).await;
+    let c = cluster_with_env(3, LEASE_TTL, &[]);
     let counter = Counter::start().await;
     c.nodes[0].apply("crashy", &EFFECT_AGENT.replace("COUNTER", &counter.url)).await;
     let urls: Vec<String> = c.nodes.iter().map(|n| n.url.clone()).collect();

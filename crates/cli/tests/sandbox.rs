@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -50,26 +50,6 @@ impl Drop for Rig {
     }
 }
 
-/// Unmounts workspaces a killed server left mounted under `dir`, and
-/// removes the (empty) cgroups of its sandboxes, which a restarted server
-/// would have removed.
-fn unmount_under(dir: &Path) {
-    if let Ok(runs) = std::fs::read_dir(dir.join("sandboxes/run")) {
-        for run in runs.flatten() {
-            for controller in ["memory", "cpu", "cpuacct", "pids", "freezer"] {
-                let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(controller).join("agentrt").join(run.file_name()));
-            }
-        }
-    }
-    let Ok(dir) = std::fs::canonicalize(dir) else { return };
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
-        if Path::new(point).starts_with(&dir) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(point).status();
-        }
-    }
-}
-
 fn spec(sandbox: &str, script: &str) -> String {
     format!("[model]\nprovider = \"scripted\"\nscript = [{script}]\n[sandbox]\n{sandbox}\n")
 }
@@ -92,15 +72,6 @@ fn nix_is_root() -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
-/// Polls `check` until it is true or `secs` pass.
-async fn eventually(secs: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 // ----- isolation: one attempt per test -----

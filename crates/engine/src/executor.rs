@@ -132,6 +132,7 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
         if inner.node.draining() {
             // A turn boundary: the session moves to another node.
             inner.executors.remove_if_same(&id, &slot);
+            inner.save_workspace(&id).await;
             if let Err(e) = inner.store.release_lease(&id, &holder, token).await {
                 tracing::warn!(session = %id, error = %e, "could not release lease while draining");
             }
@@ -206,6 +207,9 @@ async fn run_session(inner: Arc<Inner>, id: SessionId, slot: Arc<Slot>) {
 /// Gives the session and its lease up, unless new work arrived since the
 /// executor last looked (then `false`: look again).
 async fn let_go(inner: &Arc<Inner>, id: &SessionId, slot: &Arc<Slot>, holder: &str, token: u64) -> bool {
+    // Saved while the lease is still held, so that the next node to run
+    // the session starts from this workspace.
+    inner.save_workspace(id).await;
     {
         // Checked and removed under one hold of the map lock, so
         // `ensure_running` either marks this slot dirty before the check or

@@ -80,6 +80,9 @@ pub struct EngineConfig {
     pub prices: std::collections::BTreeMap<String, agentrt_types::event::Price>,
     /// The model gateway, for agents whose provider is `gateway`.
     pub gateway: Option<Arc<agentrt_gateway::Gateway>>,
+    /// Where sandbox workspaces go to follow their sessions to other
+    /// nodes; `None` for a node alone on its store.
+    pub workspace_sync: Option<agentrt_sandbox::manager::WorkspaceSync>,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +98,7 @@ impl Default for EngineConfig {
             policy_default: governance::PolicyDefault::Forbid,
             prices: Default::default(),
             gateway: None,
+            workspace_sync: None,
         }
     }
 }
@@ -174,6 +178,7 @@ impl Engine {
             .timeout(config.http_timeout)
             .build()
             .map_err(|e| EngineError::Internal(format!("build HTTP client: {e}")))?;
+        let workspace_sync = config.workspace_sync.clone();
         Ok(Engine {
             inner: Arc::new_cyclic(|weak| Inner {
                 store,
@@ -185,7 +190,7 @@ impl Engine {
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 metrics: metrics::Metrics::default(),
-                sandboxes: sandbox_driver.clone().map(|d| sandboxes::manager(d, weak.clone())),
+                sandboxes: sandbox_driver.clone().map(|d| sandboxes::manager(d, weak.clone(), workspace_sync.clone())),
                 sandbox_driver,
                 policies: governance::PolicyCache::default(),
                 tenant_buckets: Default::default(),

@@ -5,31 +5,65 @@
 
 use std::sync::{Arc, Weak};
 
-use agentrt_sandbox::manager::{EventSink, SandboxStatus};
+use agentrt_sandbox::manager::{SandboxStatus, WorkspaceSync};
 use agentrt_sandbox::protocol::{Request, Response};
-use agentrt_sandbox::{SandboxDriver, SandboxError, SandboxManager, SessionSandbox};
-use agentrt_store::{AppendRequest, Fence};
+use agentrt_sandbox::{SandboxDriver, SandboxError, SandboxManager, SessionLog, SessionSandbox};
+use agentrt_store::{AppendRequest, Fence, Precondition, StoreError};
+use agentrt_types::event::WorkspaceSaved;
 use agentrt_types::sandbox::SandboxSpec;
 use agentrt_types::spec::FieldError;
-use agentrt_types::{SessionId, SessionStatus};
+use agentrt_types::state::SavedWorkspace;
+use agentrt_types::{EventData, SessionId, SessionStatus};
+use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::{Engine, EngineError, Inner};
 
 /// A manager whose events are appended to each session's log.
-pub(crate) fn manager(driver: Arc<dyn SandboxDriver>, inner: Weak<Inner>) -> Arc<SandboxManager> {
-    let sink: EventSink = Arc::new(move |session, data| {
-        let inner = inner.clone();
-        Box::pin(async move {
-            let (Some(inner), Some(id)) = (inner.upgrade(), SessionId::parse(&session)) else { return };
-            let req = AppendRequest { session_id: id.clone(), fence: Fence::Client, precondition: None, events: vec![data.into()] };
-            match inner.store.append(req).await {
-                Ok(events) => inner.hub.publish(&id, &events),
-                Err(e) => tracing::warn!(session = %id, error = %e, "sandbox event not recorded"),
-            }
-        })
-    });
-    SandboxManager::new(driver, sink)
+pub(crate) fn manager(driver: Arc<dyn SandboxDriver>, inner: Weak<Inner>, sync: Option<WorkspaceSync>) -> Arc<SandboxManager> {
+    SandboxManager::new(driver, Arc::new(EngineLog(inner)), sync)
+}
+
+/// The sessions' logs in the engine's store.
+struct EngineLog(Weak<Inner>);
+
+impl EngineLog {
+    fn target(&self, session: &str) -> Result<(Arc<Inner>, SessionId), SandboxError> {
+        let inner = self.0.upgrade().ok_or_else(|| SandboxError::Internal("the engine has stopped".into()))?;
+        let id = SessionId::parse(session).ok_or_else(|| SandboxError::Internal(format!("bad session id {session:?}")))?;
+        Ok((inner, id))
+    }
+
+    async fn append(&self, session: &str, precondition: Option<Precondition>, data: EventData) -> Result<(), StoreError> {
+        let Ok((inner, id)) = self.target(session) else { return Ok(()) };
+        let req = AppendRequest { session_id: id.clone(), fence: Fence::Client, precondition, events: vec![data.into()] };
+        let events = inner.store.append(req).await?;
+        inner.hub.publish(&id, &events);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionLog for EngineLog {
+    async fn record(&self, session: &str, event: EventData) {
+        if let Err(e) = self.append(session, None, event).await {
+            tracing::warn!(session, error = %e, "sandbox event not recorded");
+        }
+    }
+
+    async fn saved_workspace(&self, session: &str) -> Result<Option<SavedWorkspace>, SandboxError> {
+        let (inner, id) = self.target(session)?;
+        let summary = inner.store.get_session(&id).await.map_err(|e| SandboxError::Internal(format!("read the session: {e}")))?;
+        Ok(summary.and_then(|s| s.workspace))
+    }
+
+    async fn record_saved(&self, session: &str, base: u64, saved: WorkspaceSaved) -> Result<bool, SandboxError> {
+        match self.append(session, Some(Precondition::WorkspaceGeneration(base)), EventData::WorkspaceSaved(saved)).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::PreconditionFailed(_)) => Ok(false),
+            Err(e) => Err(SandboxError::Internal(format!("record the saved workspace: {e}"))),
+        }
+    }
 }
 
 /// What this host cannot give a `[sandbox]`: no driver, more memory than
@@ -71,6 +105,15 @@ impl From<SandboxError> for EngineError {
 }
 
 impl Inner {
+    /// Saves the session's workspace, if it changed here, before the
+    /// session may move to another node (its lease let go).
+    pub(crate) async fn save_workspace(&self, session: &SessionId) {
+        let sandbox = self.sandboxes.as_ref().and_then(|s| s.get(session.as_str()));
+        if let Some(sandbox) = sandbox {
+            sandbox.save_or_warn().await;
+        }
+    }
+
     /// The session's sandbox handle, if its agent has a `[sandbox]` and the
     /// node has a driver.
     pub(crate) fn sandbox_for(&self, session: &SessionId, spec: Option<&SandboxSpec>) -> Option<Arc<SessionSandbox>> {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod linux;
 pub mod manager;
 pub mod workspace;
+pub mod workspace_store;
 
 use std::path::Path;
 
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 
 pub use agentrt_sandbox_agent::protocol;
 pub use cgroup::Usage;
-pub use manager::{SandboxManager, SessionSandbox};
+pub use manager::{SandboxManager, SessionLog, SessionSandbox};
 
 /// Why a sandbox operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,6 +50,12 @@ pub trait SandboxDriver: Send + Sync {
     async fn create(&self, session: &str, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError>;
     /// Deletes a session's workspace for good (its sandbox already destroyed).
     async fn delete_workspace(&self, session: &str) -> Result<(), SandboxError>;
+    /// Copies the session's workspace, consistent, to the file `dest`, to
+    /// be stored for another node; the caller freezes or stops its sandbox.
+    async fn export_workspace(&self, session: &str, dest: &Path) -> Result<(), SandboxError>;
+    /// Makes the file `image` (an export, from any node) the session's
+    /// workspace; its sandbox must be destroyed first.
+    async fn import_workspace(&self, session: &str, image: &Path) -> Result<(), SandboxError>;
     /// Releases what the driver holds on the host at shutdown (workspace
     /// mounts, a cgroup made ahead); workspaces are attached again on next use.
     async fn release_workspaces(&self);

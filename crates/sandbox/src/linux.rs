@@ -253,6 +253,23 @@ impl SandboxDriver for LinuxDriver {
         let _ = tokio::task::spawn_blocking(move || Workspace::release_all(&root)).await;
     }
 
+    async fn export_workspace(&self, session: &str, dest: &Path) -> Result<(), SandboxError> {
+        let (root, name, dest) = (self.workspaces(), session.to_owned(), dest.to_owned());
+        tokio::task::spawn_blocking(move || Workspace::export(&root, &name, &dest))
+            .await
+            .map_err(|e| SandboxError::Internal(e.to_string()))?
+            .map_err(|e| SandboxError::Internal(format!("export workspace: {e}")))
+    }
+
+    async fn import_workspace(&self, session: &str, image: &Path) -> Result<(), SandboxError> {
+        self.attached.lock().expect("attached workspaces lock").remove(session);
+        let (root, name, image) = (self.workspaces(), session.to_owned(), image.to_owned());
+        tokio::task::spawn_blocking(move || Workspace::replace(&root, &name, &image))
+            .await
+            .map_err(|e| SandboxError::Internal(e.to_string()))?
+            .map_err(|e| SandboxError::Setup(format!("import workspace: {e}")))
+    }
+
     async fn delete_workspace(&self, session: &str) -> Result<(), SandboxError> {
         self.attached.lock().expect("attached workspaces lock").remove(session);
         let (root, name) = (self.workspaces(), session.to_owned());

@@ -2,36 +2,83 @@
 //! after `idle_standby_seconds` without a call, stopped (workspace kept)
 //! after `idle_hibernate_seconds`, thawed or rebuilt by the next call, and
 //! replaced when found dead. Every transition is reported with its duration.
+//!
+//! With several nodes, workspaces follow their session through a
+//! [`WorkspaceStore`]: a node saves a workspace it changed when it lets the
+//! session go (a turn boundary), at standby and at hibernation, and a node
+//! whose copy is older than the last one saved (per the session's log)
+//! fetches that one before it starts a sandbox.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentrt_sandbox_agent::protocol::{ProcessSpec, Request, Response};
-use agentrt_types::event::SandboxTransition;
+use agentrt_types::event::{SandboxTransition, WorkspaceSaved};
 use agentrt_types::sandbox::SandboxSpec;
+use agentrt_types::state::SavedWorkspace;
 use agentrt_types::EventData;
+use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::workspace_store::WorkspaceStore;
 use crate::{Sandbox, SandboxDriver, SandboxError, Usage};
 
-/// Receives lifecycle events for a session's log.
-pub type EventSink = Arc<dyn Fn(String, EventData) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+/// The session logs, as sandboxes see them: lifecycle events go there, and
+/// so do the generations of saved workspaces.
+#[async_trait]
+pub trait SessionLog: Send + Sync {
+    /// Appends a lifecycle event to the session's log.
+    async fn record(&self, session: &str, event: EventData);
+    /// The session's latest saved workspace, if one was saved.
+    async fn saved_workspace(&self, session: &str) -> Result<Option<SavedWorkspace>, SandboxError>;
+    /// Records `saved` if the session's latest saved generation is still
+    /// `base` (0: none); `false` if another node saved one first.
+    async fn record_saved(&self, session: &str, base: u64, saved: WorkspaceSaved) -> Result<bool, SandboxError>;
+}
+
+/// How workspaces move between nodes.
+#[derive(Clone, Debug)]
+pub struct WorkspaceSync {
+    pub store: WorkspaceStore,
+    /// Scratch copies, and the generation each local workspace started
+    /// from; on the same file system as the driver's workspaces, so that
+    /// a fetched image is moved into place, not copied.
+    pub dir: PathBuf,
+    /// This node, as `workspace.saved` names it.
+    pub node: String,
+}
+
+impl WorkspaceSync {
+    fn base_file(&self, session: &str) -> PathBuf {
+        self.dir.join(format!("{session}.generation"))
+    }
+
+    fn scratch(&self, session: &str, what: &str) -> PathBuf {
+        self.dir.join(format!("{session}.{:08x}.{what}", fastrand::u32(..)))
+    }
+}
 
 /// All sessions' sandboxes on this node.
 pub struct SandboxManager {
     driver: Arc<dyn SandboxDriver>,
-    sink: EventSink,
+    log: Arc<dyn SessionLog>,
+    sync: Option<Arc<WorkspaceSync>>,
     sessions: Mutex<HashMap<String, Arc<SessionSandbox>>>,
 }
 
 impl SandboxManager {
-    pub fn new(driver: Arc<dyn SandboxDriver>, sink: EventSink) -> Arc<SandboxManager> {
-        Arc::new(SandboxManager { driver, sink, sessions: Mutex::default() })
+    /// A manager; with `sync`, workspaces follow their sessions to other nodes.
+    pub fn new(driver: Arc<dyn SandboxDriver>, log: Arc<dyn SessionLog>, sync: Option<WorkspaceSync>) -> Arc<SandboxManager> {
+        if let Some(sync) = &sync {
+            if let Err(e) = std::fs::create_dir_all(&sync.dir) {
+                tracing::warn!(dir = %sync.dir.display(), error = %e, "no directory for workspace transfers");
+            }
+        }
+        Arc::new(SandboxManager { driver, log, sync: sync.map(Arc::new), sessions: Mutex::default() })
     }
 
     /// The session's sandbox handle (nothing starts until its first call).
@@ -43,11 +90,14 @@ impl SandboxManager {
                 session: session.to_owned(),
                 spec: Mutex::new(spec.clone()),
                 driver: self.driver.clone(),
-                sink: self.sink.clone(),
+                log: self.log.clone(),
+                sync: self.sync.clone(),
                 state: tokio::sync::Mutex::new(State::Empty { hibernated: false }),
                 last_used: Mutex::new(Instant::now()),
                 cpu_taken: Mutex::new((String::new(), 0)),
                 busy: AtomicUsize::new(0),
+                changed: AtomicBool::new(false),
+                saving: tokio::sync::Mutex::new(()),
             })
         });
         *entry.spec.lock().expect("sandbox spec lock") = spec.clone();
@@ -80,7 +130,8 @@ impl SandboxManager {
         });
     }
 
-    /// Ends a session's sandbox; with `delete_workspace`, its workspace too.
+    /// Ends a session's sandbox; with `delete_workspace`, its workspace
+    /// too, here and in the workspace store.
     pub async fn end_session(&self, session: &str, delete_workspace: bool) -> Result<(), SandboxError> {
         let handle = self.sessions.lock().expect("sandbox sessions lock").remove(session);
         if let Some(handle) = handle {
@@ -88,11 +139,18 @@ impl SandboxManager {
         }
         if delete_workspace {
             self.driver.delete_workspace(session).await?;
+            if let Some(sync) = &self.sync {
+                let _ = std::fs::remove_file(sync.base_file(session));
+                if let Err(e) = sync.store.delete_session(session).await {
+                    tracing::warn!(session, error = %e, "saved workspaces not deleted");
+                }
+            }
         }
         Ok(())
     }
 
-    /// Stops every sandbox (workspaces stay), e.g. at shutdown.
+    /// Stops every sandbox (workspaces stay, saved first where they
+    /// follow their sessions), e.g. at shutdown.
     pub async fn stop_all(&self) {
         let all: Vec<_> = self.sessions.lock().expect("sandbox sessions lock").drain().map(|(_, s)| s).collect();
         for s in all {
@@ -100,6 +158,8 @@ impl SandboxManager {
             if let State::Running(sb) | State::Standby(sb) = std::mem::replace(&mut *state, State::Empty { hibernated: false }) {
                 sb.destroy().await;
             }
+            drop(state);
+            s.save_or_warn().await;
         }
         self.driver.release_workspaces().await;
     }
@@ -135,7 +195,12 @@ pub struct SessionSandbox {
     session: String,
     spec: Mutex<SandboxSpec>,
     driver: Arc<dyn SandboxDriver>,
-    sink: EventSink,
+    log: Arc<dyn SessionLog>,
+    sync: Option<Arc<WorkspaceSync>>,
+    /// The workspace may have changed since it was last saved or fetched.
+    changed: AtomicBool,
+    /// Held while the workspace is being saved: one save at a time.
+    saving: tokio::sync::Mutex<()>,
     state: tokio::sync::Mutex<State>,
     last_used: Mutex<Instant>,
     /// Calls in flight: a busy sandbox is never frozen.
@@ -173,13 +238,20 @@ impl SessionSandbox {
 
     async fn emit(&self, make: fn(SandboxTransition) -> EventData, sandbox: &str, started: Instant, reason: Option<String>) {
         let t = SandboxTransition { sandbox: sandbox.to_owned(), duration_ms: started.elapsed().as_secs_f64() * 1000.0, reason };
-        (self.sink)(self.session.clone(), make(t)).await;
+        self.log.record(&self.session, make(t)).await;
     }
 
     /// A running sandbox: thawed, started or replaced as needed.
     pub async fn ready(&self) -> Result<Arc<dyn Sandbox>, SandboxError> {
+        let sb = self.ready_inner().await?;
+        self.changed.store(true, Ordering::SeqCst);
+        Ok(sb)
+    }
+
+    async fn ready_inner(&self) -> Result<Arc<dyn Sandbox>, SandboxError> {
         let mut state = self.state.lock().await;
         let started = Instant::now();
+        let fetched = self.fetch_if_newer(&mut state).await?;
         match &*state {
             State::Running(sb) if sb.alive() => return Ok(sb.clone()),
             State::Standby(sb) if sb.alive() => {
@@ -198,6 +270,7 @@ impl SessionSandbox {
                     dead.destroy().await;
                     (EventData::SandboxRestarted, Some(format!("sandbox {} had stopped", dead.id())))
                 }
+                State::Empty { .. } if fetched.is_some() => (EventData::SandboxCreated, fetched),
                 State::Empty { hibernated: true } => (EventData::SandboxCreated, Some("after hibernation".into())),
                 State::Empty { hibernated: false } => (EventData::SandboxCreated, None),
             };
@@ -304,10 +377,124 @@ impl SessionSandbox {
         let spec = self.spec.lock().expect("sandbox spec lock").clone();
         if idle >= Duration::from_secs(spec.idle_hibernate_seconds) {
             self.stop(Transition::Hibernated).await;
+            self.save_or_warn().await;
         } else if idle >= Duration::from_secs(spec.idle_standby_seconds) {
-            if let Err(e) = self.standby().await {
-                tracing::warn!(session = %self.session, error = %e, "standby failed");
+            match self.standby().await {
+                Ok(()) => self.save_or_warn().await,
+                Err(e) => tracing::warn!(session = %self.session, error = %e, "standby failed"),
             }
+        }
+    }
+
+    /// The generation this node's copy of the workspace started from.
+    fn base(&self, sync: &WorkspaceSync) -> u64 {
+        std::fs::read_to_string(sync.base_file(&self.session)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+
+    fn set_base(&self, sync: &WorkspaceSync, generation: u64) -> Result<(), SandboxError> {
+        std::fs::write(sync.base_file(&self.session), generation.to_string())
+            .map_err(|e| SandboxError::Internal(format!("record the workspace generation: {e}")))
+    }
+
+    /// Fetches the last saved workspace if it is newer than this node's
+    /// copy, replacing the copy (and stopping a sandbox still on it); says
+    /// so for the `sandbox.created` event.
+    async fn fetch_if_newer(&self, state: &mut State) -> Result<Option<String>, SandboxError> {
+        let Some(sync) = &self.sync else { return Ok(None) };
+        let Some(latest) = self.log.saved_workspace(&self.session).await? else { return Ok(None) };
+        if latest.generation <= self.base(sync) {
+            return Ok(None);
+        }
+        if let State::Running(old) | State::Standby(old) = std::mem::replace(state, State::Empty { hibernated: false }) {
+            old.destroy().await;
+        }
+        let scratch = sync.scratch(&self.session, "in");
+        let fetched = sync.store.get(&latest.object, &scratch).await;
+        let imported = match fetched {
+            Ok(()) => self.driver.import_workspace(&self.session, &scratch).await,
+            Err(e) => {
+                Err(SandboxError::Setup(format!("fetch workspace generation {} from {}: {e}", latest.generation, sync.store.location())))
+            }
+        };
+        let _ = std::fs::remove_file(&scratch);
+        imported?;
+        self.set_base(sync, latest.generation)?;
+        self.changed.store(false, Ordering::SeqCst);
+        Ok(Some(format!("workspace generation {} fetched", latest.generation)))
+    }
+
+    /// Saves the workspace to the workspace store if it changed since it was
+    /// last saved or fetched, and records the new generation in the
+    /// session's log. Returns the generation saved, if one was. Without a
+    /// workspace store, does nothing.
+    pub async fn save(&self) -> Result<Option<u64>, SandboxError> {
+        let Some(sync) = &self.sync else { return Ok(None) };
+        let _one = self.saving.lock().await;
+        if !self.changed.swap(false, Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let saved = self.save_changed(sync).await;
+        if saved.is_err() {
+            self.changed.store(true, Ordering::SeqCst);
+        }
+        saved
+    }
+
+    async fn save_changed(&self, sync: &WorkspaceSync) -> Result<Option<u64>, SandboxError> {
+        let started = Instant::now();
+        let base = self.base(sync);
+        let scratch = sync.scratch(&self.session, "out");
+        let exported = {
+            // A running sandbox is frozen for the copy, so that its
+            // processes leave the file system consistent.
+            let state = self.state.lock().await;
+            match &*state {
+                State::Running(sb) => {
+                    sb.pause().await?;
+                    let exported = self.driver.export_workspace(&self.session, &scratch).await;
+                    sb.resume().await?;
+                    exported
+                }
+                State::Standby(_) | State::Empty { .. } => self.driver.export_workspace(&self.session, &scratch).await,
+            }
+        };
+        let generation = base + 1;
+        let object = WorkspaceStore::new_key(&self.session, generation);
+        let stored = match exported {
+            Ok(()) => sync.store.put(&object, &scratch).await.map_err(|e| SandboxError::Internal(format!("save the workspace: {e}"))),
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&scratch);
+        let bytes = stored?;
+        let previous = self.log.saved_workspace(&self.session).await?;
+        let saved = WorkspaceSaved {
+            generation,
+            object: object.clone(),
+            bytes,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            node: sync.node.clone(),
+        };
+        if !self.log.record_saved(&self.session, base, saved).await? {
+            // Another node saved over the same generation first: its copy
+            // is the session's now, and this one is fetched over next time.
+            let _ = sync.store.delete(&object).await;
+            tracing::warn!(session = %self.session, base, "workspace changed on another node since generation {base}; this node's changes are dropped");
+            return Ok(None);
+        }
+        self.set_base(sync, generation)?;
+        if let Some(old) = previous.filter(|p| p.generation == base) {
+            if let Err(e) = sync.store.delete(&old.object).await {
+                tracing::warn!(session = %self.session, error = %e, "old workspace snapshot not deleted");
+            }
+        }
+        Ok(Some(generation))
+    }
+
+    /// [`SessionSandbox::save`], with a failure logged: the workspace stays
+    /// marked as changed and the next occasion tries again.
+    pub async fn save_or_warn(&self) {
+        if let Err(e) = self.save().await {
+            tracing::warn!(session = %self.session, error = %e, "workspace not saved");
         }
     }
 

@@ -43,7 +43,9 @@ impl Workspace {
             fs::rename(&partial, &image)?;
         }
         if !is_mountpoint(&dir)? {
-            run(Command::new("mount").args(["-o", "loop,nosuid,nodev,noatime"]).arg(&image).arg(&dir))?;
+            // `discard`: deleted files free their blocks in the image, which
+            // stays sparse, so snapshots carry only live data.
+            run(Command::new("mount").args(["-o", "loop,nosuid,nodev,noatime,discard"]).arg(&image).arg(&dir))?;
             let _ = fs::remove_dir(dir.join("lost+found"));
         }
         Ok(Workspace { dir, image: Some(image) })
@@ -64,6 +66,42 @@ impl Workspace {
             }
             None => run(Command::new("cp").arg("-a").arg(&self.dir).arg(dest)),
         }
+    }
+
+    /// Copies the workspace of `session` under `root` to `dest` whether or
+    /// not it is attached: an attached one as [`Workspace::snapshot`] does,
+    /// a detached image as it is. Only image workspaces (with a quota) can.
+    pub fn export(root: &Path, session: &str, dest: &Path) -> io::Result<()> {
+        let base = root.join(session);
+        let (image, dir) = (base.join("disk.img"), base.join("mnt"));
+        if !image.exists() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("session {session} has no workspace image on this node")));
+        }
+        if dir.exists() && is_mountpoint(&dir)? {
+            Workspace { dir, image: Some(image) }.snapshot(dest)
+        } else {
+            run(Command::new("cp").arg("--sparse=always").arg(&image).arg(dest))
+        }
+    }
+
+    /// Makes `image` (an export, from any node) the workspace of `session`
+    /// under `root`, detaching the one there; no sandbox may use it. The
+    /// next [`Workspace::open`] attaches it.
+    pub fn replace(root: &Path, session: &str, image: &Path) -> io::Result<()> {
+        let base = root.join(session);
+        fs::create_dir_all(&base)?;
+        let mnt = base.join("mnt");
+        if mnt.exists() && is_mountpoint(&mnt)? {
+            run(Command::new("umount").arg(&mnt))?;
+        }
+        let target = base.join("disk.img");
+        if fs::rename(image, &target).is_err() {
+            // Another file system: copy, keeping the holes.
+            let partial = base.join("disk.img.partial");
+            run(Command::new("cp").arg("--sparse=always").arg(image).arg(&partial))?;
+            fs::rename(&partial, &target)?;
+        }
+        Ok(())
     }
 
     /// Unmounts every workspace under `root` (their files stay).

@@ -71,6 +71,9 @@ pub enum Precondition {
     AgentIs(String),
     /// The session must be run by this agent for good: not lent to it.
     Owns(String),
+    /// The session's last saved workspace must be this generation (0: none
+    /// saved yet), so that a node saves only over what it started from.
+    WorkspaceGeneration(u64),
 }
 
 /// Events to append to one session's log in one transaction.

@@ -121,6 +121,22 @@ pub struct SandboxTransition {
     pub reason: Option<String>,
 }
 
+/// A snapshot of a session's workspace, saved to the workspace store so
+/// that the session's next sandbox, on any node, starts from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceSaved {
+    /// 1 for the first snapshot of the session, then one more each time.
+    pub generation: u64,
+    /// Its key in the workspace store.
+    pub object: String,
+    /// Bytes stored (the workspace's data, without its free space).
+    pub bytes: u64,
+    /// Time to copy and upload it.
+    pub duration_ms: f64,
+    /// The node that saved it.
+    pub node: String,
+}
+
 /// One sub-task given to another agent, and its child session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DelegatedTask {
@@ -292,6 +308,9 @@ pub enum EventData {
     /// Stopped for good with its session.
     #[serde(rename = "sandbox.destroyed")]
     SandboxDestroyed(SandboxTransition),
+    /// The workspace was saved to the workspace store (several nodes only).
+    #[serde(rename = "workspace.saved")]
+    WorkspaceSaved(WorkspaceSaved),
     /// The tenant's policies decided a tool call (only when the tenant has
     /// policies). `decision` is `permit`, `forbid` or `require_approval`;
     /// `policies` are the ids that decided, empty when none matched and the
@@ -488,6 +507,7 @@ impl EventData {
             EventData::SandboxHibernated(_) => "sandbox.hibernated",
             EventData::SandboxRestarted(_) => "sandbox.restarted",
             EventData::SandboxDestroyed(_) => "sandbox.destroyed",
+            EventData::WorkspaceSaved(_) => "workspace.saved",
             EventData::PolicyDecided { .. } => "policy.decided",
             EventData::ApprovalRequested { .. } => "approval.requested",
             EventData::ApprovalDecided { .. } => "approval.decided",
@@ -519,6 +539,7 @@ impl EventData {
             | EventData::SandboxHibernated(_)
             | EventData::SandboxRestarted(_)
             | EventData::SandboxDestroyed(_)
+            | EventData::WorkspaceSaved(_)
             | EventData::GatewayCalled { .. } => None,
             EventData::HandoffCompleted { turn_id, .. } | EventData::LeaseTransferred { turn_id, .. } => turn_id.as_ref(),
             EventData::TurnSubmitted { turn_id, .. }

@@ -83,8 +83,20 @@ pub struct SessionSummary {
     /// when `agent` holds it for good.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lenders: Vec<String>,
+    /// The workspace snapshot the session's next sandbox starts from, on
+    /// whichever node it runs (several nodes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<SavedWorkspace>,
     /// Seq of the last event.
     pub last_seq: u64,
+}
+
+/// The latest saved snapshot of a session's workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedWorkspace {
+    pub generation: u64,
+    /// Its key in the workspace store.
+    pub object: String,
 }
 
 fn default_tenant() -> String {
@@ -114,6 +126,7 @@ impl SessionSummary {
             spend: Spend::default(),
             budget_exceeded: None,
             lenders: vec![],
+            workspace: None,
             last_seq: event.body.seq,
         })
     }
@@ -151,6 +164,9 @@ impl SessionSummary {
                 self.lenders.pop();
                 self.agent = lender.clone();
                 self.agent_version = *lender_version;
+            }
+            EventData::WorkspaceSaved(saved) => {
+                self.workspace = Some(SavedWorkspace { generation: saved.generation, object: saved.object.clone() });
             }
             EventData::TurnCompleted { turn_id, .. } | EventData::TurnFailed { turn_id, .. } | EventData::TurnCancelled { turn_id, .. } => {
                 if self.running_turn.as_ref() == Some(turn_id) {

@@ -437,3 +437,60 @@ name = "effect"
 url = "COUNTER/effect"
 idempotent = false
 "#;
+
+/// Nodes on one PostgreSQL database, each with its own data dir.
+pub struct Cluster {
+    pub dirs: Vec<tempfile::TempDir>,
+    pub nodes: Vec<Server>,
+}
+
+/// Starts `n` nodes named node-0… on one fresh database, with a lease of
+/// `lease_ttl` seconds and the extra environment `env`.
+pub fn cluster_with_env(n: usize, lease_ttl: u64, env: &[(&str, &str)]) -> Cluster {
+    let url = fresh_pg_database();
+    let mut dirs = Vec::new();
+    let mut nodes: Vec<Server> = Vec::new();
+    for i in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(first) = nodes.first() {
+            // Only the first node prints the bootstrap admin key.
+            std::fs::write(dir.path().join("test-admin-key"), &first.admin_key).unwrap();
+        }
+        let (node, ttl) = (format!("node-{i}"), lease_ttl.to_string());
+        let mut all =
+            vec![("AGENTRT_STORE", url.as_str()), ("AGENTRT_NODE_ID", node.as_str()), ("AGENTRT_LEASE_TTL_SECONDS", ttl.as_str())];
+        all.extend_from_slice(env);
+        nodes.push(Server::start_with_env(dir.path(), &all));
+        dirs.push(dir);
+    }
+    Cluster { dirs, nodes }
+}
+
+/// Unmounts workspaces a killed server left mounted under `dir`, and
+/// removes the (empty) cgroups of its sandboxes, which a restarted server
+/// would have removed.
+pub fn unmount_under(dir: &Path) {
+    if let Ok(runs) = std::fs::read_dir(dir.join("sandboxes/run")) {
+        for run in runs.flatten() {
+            for controller in ["memory", "cpu", "cpuacct", "pids", "freezer"] {
+                let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(controller).join("agentrt").join(run.file_name()));
+            }
+        }
+    }
+    let Ok(dir) = std::fs::canonicalize(dir) else { return };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if Path::new(point).starts_with(&dir) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(point).status();
+        }
+    }
+}
+
+/// Polls `check` until it is true or `secs` pass.
+pub async fn eventually(secs: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

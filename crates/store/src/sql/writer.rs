@@ -397,6 +397,12 @@ fn append(tx: &dyn Db, req: AppendRequest) -> Result<Vec<Event>, StoreError> {
             "session {id} is lent to agent {agent:?} by {lender:?} for a sub-task; it goes back when the sub-task ends"
         )));
     }
+    if let Some(Precondition::WorkspaceGeneration(want)) = &req.precondition {
+        let saved = row.summary.workspace.as_ref().map_or(0, |w| w.generation);
+        if saved != *want {
+            return Err(StoreError::PreconditionFailed(format!("session {id} has workspace generation {saved}, not {want}")));
+        }
+    }
     let ts = now_ms();
     let mut spend = Spend::default();
     for e in &req.events {
