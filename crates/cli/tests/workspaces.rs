@@ -39,11 +39,16 @@ impl Drop for Nodes {
     }
 }
 
-/// Two nodes sharing a workspace store, and a session of the shell agent.
+/// Two nodes sharing a workspace store in a directory, and a session of
+/// the shell agent.
 async fn two_nodes() -> Nodes {
     let store = tempfile::tempdir().unwrap();
     let location = store.path().to_str().unwrap().to_owned();
-    let c = cluster_with_env(2, LEASE_TTL, &[("AGENTRT_WORKSPACE_STORE", location.as_str())]);
+    two_nodes_on(store, &[("AGENTRT_WORKSPACE_STORE", location.as_str())]).await
+}
+
+async fn two_nodes_on(store: tempfile::TempDir, env: &[(&str, &str)]) -> Nodes {
+    let c = cluster_with_env(2, LEASE_TTL, env);
     c.nodes[0].apply("shell", SHELL_AGENT).await;
     let session = c.nodes[0].session("shell").await;
     Nodes { c, _store: store, session }
@@ -160,4 +165,57 @@ fn a_workspace_store_needs_a_shared_store_and_a_location_it_understands() {
     let (code, out, err) = dump(&[pg[0], ("AGENTRT_WORKSPACE_STORE", "s3://bucket/agentrt")]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("workspace-store = \"s3://bucket/agentrt\""), "{out}");
+}
+
+/// An S3-compatible server (moto's, from the test venv) on a free port.
+struct S3Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn s3_server() -> S3Server {
+    let python = std::env::var("AGENTRT_TEST_PYTHON").expect("AGENTRT_TEST_PYTHON is not set: run the suite with ./scripts/test.sh");
+    let moto = std::path::Path::new(&python).with_file_name("moto_server");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new(&moto)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", moto.display()));
+    let server = S3Server { child, url: format!("http://127.0.0.1:{port}") };
+    let http = reqwest::Client::new();
+    eventually(30, "the S3 server answers", async || http.get(&server.url).send().await.is_ok()).await;
+    let made = http.put(format!("{}/workspaces", server.url)).send().await.unwrap();
+    assert!(made.status().is_success(), "create bucket: {}", made.status());
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_follows_its_session_through_an_s3_store() {
+    let s3 = s3_server().await;
+    let env = [
+        ("AGENTRT_WORKSPACE_STORE", "s3://workspaces/agentrt"),
+        ("AWS_ENDPOINT", s3.url.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let n = two_nodes_on(tempfile::tempdir().unwrap(), &env).await;
+    n.run(0, "head -c 20000000 /dev/urandom > big.bin && sha256sum big.bin > sum && echo through s3 > a.txt").await;
+    let saved = n.saved(1).await;
+    assert!(saved["object"].as_str().unwrap().starts_with("workspaces/"), "{saved}");
+    assert!(saved["bytes"].as_u64().unwrap() > 20_000_000, "several upload parts: {saved}");
+    // The object is in the bucket, under the configured prefix.
+    let listing = reqwest::get(format!("{}/workspaces?prefix=agentrt/", s3.url)).await.unwrap().text().await.unwrap();
+    assert!(listing.contains(saved["object"].as_str().unwrap()), "{listing}");
+    assert_eq!(n.run(1, "sha256sum -c sum && cat a.txt").await, "big.bin: OK\nthrough s3\n");
 }

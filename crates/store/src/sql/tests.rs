@@ -82,6 +82,31 @@ pub(crate) fn client(id: &SessionId, events: Vec<agentrt_types::NewEvent>) -> Ap
 
 on_both! {
 #[tokio::test]
+async fn a_workspace_is_saved_only_over_the_generation_it_started_from(backend) {
+    let (_d, store) = open(backend).await;
+    let id = session(&store).await;
+    let save = |base: u64, generation: u64, node: &str| AppendRequest {
+        precondition: Some(Precondition::WorkspaceGeneration(base)),
+        ..client(&id, vec![EventData::WorkspaceSaved(agentrt_types::event::WorkspaceSaved {
+            generation,
+            object: format!("ws/{generation}-{node}"),
+            bytes: 1,
+            duration_ms: 1.0,
+            node: node.into(),
+        })
+        .into()])
+    };
+    store.append(save(0, 1, "a")).await.unwrap();
+    // Two nodes both started from generation 1: the first to record wins.
+    store.append(save(1, 2, "a")).await.unwrap();
+    let err = store.append(save(1, 2, "b")).await.unwrap_err();
+    assert!(matches!(err, StoreError::PreconditionFailed(_)), "{err}");
+    let saved = store.get_session(&id).await.unwrap().unwrap().workspace.unwrap();
+    assert_eq!((saved.generation, saved.object.as_str()), (2, "ws/2-a"));
+}}
+
+on_both! {
+#[tokio::test]
 async fn agent_versions_are_immutable_and_numbered(backend) {
     let (_d, store) = open(backend).await;
     let spec = AgentSpec::parse("[model]\nprovider = \"scripted\"", SpecFormat::Toml).unwrap();
