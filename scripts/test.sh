@@ -52,6 +52,11 @@ export AGENTRT_TEST_SANDBOX_PY="$PWD/target/sandbox-py/$SANDBOX_PY"
 AGENTRT_TEST_POSTGRES="$(./scripts/pg-test-server.sh)"
 export AGENTRT_TEST_POSTGRES
 
+# The sandbox agent as one static executable, which a test runs where
+# there is no C library.
+AGENTRT_TEST_STATIC_AGENT="$(./scripts/build-static-agent.sh)"
+export AGENTRT_TEST_STATIC_AGENT
+
 echo "== fmt"
 cargo fmt --check
 

@@ -583,3 +583,45 @@ tools = ["add"]
         assert_eq!((s, v["state"].as_str()), (200, Some("standby")), "{v}");
     }
 }
+
+/// Whether the ELF executable at `path` asks for a program interpreter
+/// (the dynamic loader): a static one does not.
+fn has_interpreter(path: &Path) -> bool {
+    let elf = std::fs::read(path).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF", "{} is not an ELF file", path.display());
+    let num = |at: usize, len: usize| elf[at..at + len].iter().rev().fold(0usize, |n, b| n << 8 | *b as usize);
+    let (phoff, phentsize, phnum) = (num(0x20, 8), num(0x36, 2), num(0x38, 2));
+    (0..phnum).any(|i| num(phoff + i * phentsize, 4) == 3 /* PT_INTERP */)
+}
+
+#[tokio::test]
+async fn the_static_agent_runs_sandboxes_and_runs_where_there_is_no_libc() {
+    let static_agent = std::env::var("AGENTRT_TEST_STATIC_AGENT").expect(
+        "AGENTRT_TEST_STATIC_AGENT is not set: run the suite with ./scripts/test.sh, which builds it with scripts/build-static-agent.sh",
+    );
+    let dynamic_agent = Path::new(BIN).with_file_name("agentrt-sandbox-agent");
+    assert!(!has_interpreter(Path::new(&static_agent)), "{static_agent} is statically linked");
+    assert!(has_interpreter(&dynamic_agent), "the workspace's own build is dynamic, for contrast");
+
+    // A root file system with the two agents in it and nothing else: no
+    // C library, no loader, no shell.
+    let rootfs = tempfile::tempdir().unwrap();
+    let bin = rootfs.path().join("usr/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(&static_agent, bin.join("static-agent")).unwrap();
+    std::fs::copy(&dynamic_agent, bin.join("dynamic-agent")).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with_env(dir.path(), &[("AGENTRT_SANDBOX_AGENT", static_agent.as_str())]);
+    server.apply("bare", &spec(&format!("rootfs = \"{}\"", rootfs.path().display()), "{ text = \"ok\" }")).await;
+    let session = server.session("bare").await;
+    let exec = |agent: &str| json!({"argv": [format!("/usr/bin/{agent}"), "version"]});
+    let (status, out) = server.post(&format!("/v1/sessions/{session}/sandbox/exec"), exec("static-agent")).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!((out["exit_code"].as_i64(), out["stdout"].as_str()), (Some(0), Some("2\n")), "{out}");
+    let (status, out) = server.post(&format!("/v1/sessions/{session}/sandbox/exec"), exec("dynamic-agent")).await;
+    // The dynamic build cannot even start there: its loader is missing.
+    assert!(status != 200 || out["exit_code"] != 0, "{out}");
+    server.kill();
+    unmount_under(dir.path());
+}

@@ -1,6 +1,6 @@
 //! The sandbox's filesystem: a read-only root (the host's system
-//! directories and a short list of `/etc` files bound read-only, or a rootfs
-//! directory), `/workspace` read-write, a size-capped tmpfs `/tmp`, a minimal
+//! directories and a short list of `/etc` files bound read-only, or the
+//! entries of a rootfs directory), `/workspace` read-write, a size-capped tmpfs `/tmp`, a minimal
 //! `/dev` and a fresh `/proc`. Built by PID 1 before it pivots into it.
 
 use std::fs;
@@ -42,6 +42,10 @@ pub const ETC_ENTRIES: &[&str] = &[
     "timezone",
 ];
 
+/// Where the sandbox's own file systems go; a rootfs's entries of these
+/// names are not used.
+const MOUNT_POINTS: &[&str] = &["workspace", "tmp", "dev", "proc"];
+
 /// Device nodes bound from the host.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -53,11 +57,22 @@ fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
 pub fn build_root(config: &SandboxConfig) -> Result<(), String> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(|e| err("make / private", e))?;
     let root = &config.root;
+    // The root is a small tmpfs in both cases, so that the mount points
+    // below can be made whatever the rootfs holds (and without writing to it).
+    mount(Some("tmpfs"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("size=1m,mode=0755"))
+        .map_err(|e| err(format!("tmpfs at {}", root.display()), e))?;
     match &config.rootfs {
-        Some(rootfs) => bind(rootfs, root, false)?,
+        Some(rootfs) => {
+            let entries = fs::read_dir(rootfs).map_err(|e| err(format!("read rootfs {}", rootfs.display()), e))?;
+            for entry in entries {
+                let name = entry.map_err(|e| err(format!("read rootfs {}", rootfs.display()), e))?.file_name();
+                let name = name.to_string_lossy();
+                if !MOUNT_POINTS.contains(&name.as_ref()) {
+                    copy_entry(rootfs, root, &name)?;
+                }
+            }
+        }
         None => {
-            mount(Some("tmpfs"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("size=1m,mode=0755"))
-                .map_err(|e| err(format!("tmpfs at {}", root.display()), e))?;
             for dir in SYSTEM_DIRS {
                 copy_entry(Path::new("/"), root, dir)?;
             }
@@ -97,17 +112,8 @@ pub fn enter_root(config: &SandboxConfig) -> Result<(), String> {
     pivot_root(".", ".").map_err(|e| err("pivot_root", e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| err("detach the host's root", e))?;
     chdir("/").map_err(|e| err("chdir /", e))?;
-    match config.rootfs {
-        Some(_) => remount_readonly(Path::new("/")),
-        None => mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            None::<&str>,
-        )
-        .map_err(|e| err("make / read-only", e)),
-    }
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
+        .map_err(|e| err("make / read-only", e))
 }
 
 /// Recreates `from/name` under `to`: a symlink as a symlink, anything else
