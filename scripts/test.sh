@@ -12,14 +12,20 @@ fi
 
 # The sandbox tests run real sandboxes: they need root, mkfs.ext4 and mount
 # (loop devices), and python3 and bash in the host's /usr, which sandboxes
-# see read-only.
+# see read-only. The cgroup v2 test boots a VM (scripts/cgroup-v2-vm.sh):
+# QEMU, a Debian kernel with 9p modules, and a static busybox.
 missing=""
-for tool in mkfs.ext4:e2fsprogs mount:mount /usr/bin/python3:python3 bash:bash; do
+for tool in mkfs.ext4:e2fsprogs mount:mount /usr/bin/python3:python3 bash:bash qemu-system-x86_64:qemu-system-x86 /bin/busybox:busybox-static; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool##*:}"
 done
+if ! find /boot -maxdepth 1 -name 'vmlinuz-*-amd64' ! -name '*cloud*' | grep -q .; then
+    missing="$missing linux-image-amd64"
+fi
 if [ -n "$missing" ]; then
     echo "installing$missing"
-    apt-get install -y -q $missing >/dev/null
+    apt-get update -q >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
 fi
 
 # Python packages used as independent test peers (e.g. the official
