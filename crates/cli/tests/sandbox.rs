@@ -618,7 +618,8 @@ async fn the_static_agent_runs_sandboxes_and_runs_where_there_is_no_libc() {
     let exec = |agent: &str| json!({"argv": [format!("/usr/bin/{agent}"), "version"]});
     let (status, out) = server.post(&format!("/v1/sessions/{session}/sandbox/exec"), exec("static-agent")).await;
     assert_eq!(status, 200, "{out}");
-    assert_eq!((out["exit_code"].as_i64(), out["stdout"].as_str()), (Some(0), Some("2\n")), "{out}");
+    let version = format!("{}\n", agentrt_sandbox_agent::protocol::PROTOCOL_VERSION);
+    assert_eq!((out["exit_code"].as_i64(), out["stdout"].as_str()), (Some(0), Some(version.as_str())), "{out}");
     let (status, out) = server.post(&format!("/v1/sessions/{session}/sandbox/exec"), exec("dynamic-agent")).await;
     // The dynamic build cannot even start there: its loader is missing.
     assert!(status != 200 || out["exit_code"] != 0, "{out}");

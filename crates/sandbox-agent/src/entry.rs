@@ -22,7 +22,10 @@ pub fn run(args: &[String]) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        ["sandbox", "-"] => ExitCode::from(supervise_from_stdin().clamp(0, 255) as u8),
+        ["sandbox", "-", cgroup_procs @ ..] => {
+            let ahead: Vec<std::path::PathBuf> = cgroup_procs.iter().map(Into::into).collect();
+            ExitCode::from(supervise_from_stdin(&ahead).clamp(0, 255) as u8)
+        }
         ["sandbox", config] => match serde_json::from_str::<SandboxConfig>(config) {
             Ok(config) => ExitCode::from(supervise(&config).clamp(0, 255) as u8),
             Err(e) => fail(&format!("bad sandbox config: {e}")),
@@ -39,7 +42,7 @@ pub fn run(args: &[String]) -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
-        _ => fail("usage: agentrt-sandbox-agent serve SOCKET [WORKSPACE] | sandbox CONFIG_JSON | sandbox - | version"),
+        _ => fail("usage: agentrt-sandbox-agent serve SOCKET [WORKSPACE] | sandbox CONFIG_JSON | sandbox - [CGROUP_PROCS...] | version"),
     }
 }
 

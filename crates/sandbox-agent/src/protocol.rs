@@ -12,10 +12,11 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever the protocol or the sandbox config changes
-/// incompatibly; `agentrt-sandbox-agent version` prints it, and the runtime
+/// Bumped whenever the protocol, the sandbox config or the supervisor's
+/// command line changes incompatibly (3: `sandbox - [CGROUP_PROCS…]`, PID 1
+/// made ahead); `agentrt-sandbox-agent version` prints it, and the runtime
 /// will not use an agent program that speaks another.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;

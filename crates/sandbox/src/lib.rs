@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod client;
 pub mod linux;
 pub mod manager;
+mod spare;
 pub mod workspace;
 pub mod workspace_store;
 

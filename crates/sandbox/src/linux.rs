@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,12 +14,13 @@ use agentrt_sandbox_agent::setup::{BridgeConfig, Ready, SandboxConfig};
 use agentrt_types::sandbox::SandboxSpec;
 use async_trait::async_trait;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use crate::bridge::{GatewayBridge, Serving};
 use crate::cgroup::{Cgroup, CgroupVersion, Limits, Usage};
 use crate::client::AgentClient;
+use crate::spare::{new_id, Spare, Spares};
 use crate::workspace::Workspace;
 use crate::{Sandbox, SandboxDriver, SandboxError};
 
@@ -43,11 +43,9 @@ pub struct LinuxDriver {
     cgroups: Option<CgroupVersion>,
     /// The sandboxes' `/etc`, copied from the host's at start.
     etc: Option<PathBuf>,
-    /// A supervisor started ahead of need, so that a cold start does not
-    /// wait for the agent program to load.
-    spare: Mutex<Option<Child>>,
-    /// A cgroup made ahead of need, without limits yet.
-    spare_cgroup: Mutex<Option<Cgroup>>,
+    /// A sandbox made ahead of need (supervisor, PID 1 and cgroup), so that
+    /// a cold start does not wait for them.
+    spares: Spares,
     /// Workspaces this process attached, by session.
     attached: Mutex<HashMap<String, Workspace>>,
 }
@@ -65,54 +63,10 @@ impl LinuxDriver {
                 None
             }
         };
-        let driver =
-            LinuxDriver { config, cgroups, etc, spare: Mutex::new(None), spare_cgroup: Mutex::new(None), attached: Mutex::default() };
-        driver.clean_up_previous_run();
-        driver
-    }
-
-    /// Removes what sandboxes of a previous run of this node left: their
-    /// processes died with it, but cgroups and run directories stay.
-    fn clean_up_previous_run(&self) {
-        let Ok(entries) = std::fs::read_dir(self.config.dir.join("run")) else { return };
-        for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            if let Some(version) = self.cgroups {
-                Cgroup::existing(version, &id).destroy();
-            }
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-
-    /// A supervisor ready for a config: the one started ahead, if it is
-    /// still alive, and a new one started ahead for next time.
-    fn supervisor(&self) -> Result<Child, SandboxError> {
-        let spare = self.spare.lock().expect("spare supervisor lock").take();
-        match spare.and_then(|mut c| matches!(c.try_wait(), Ok(None)).then_some(c)) {
-            Some(child) => Ok(child),
-            None => spawn_supervisor(&self.config.agent),
-        }
-    }
-
-    /// Starts the next spare supervisor. Spawned from this async task's thread, a
-    /// runtime worker that lives as long as the runtime: a supervisor dies
-    /// with the thread that started it.
-    fn refill_spare(&self) {
-        let mut spare = self.spare.lock().expect("spare supervisor lock");
-        if spare.is_none() {
-            *spare = spawn_supervisor(&self.config.agent).ok();
-        }
-        if let Some(version) = self.cgroups {
-            let mut cgroup = self.spare_cgroup.lock().expect("spare cgroup lock");
-            if cgroup.is_none() {
-                // Its run directory marks it as this node's, so that the next
-                // start removes it if this process dies first.
-                let id = new_id();
-                if std::fs::create_dir_all(self.config.dir.join("run").join(&id)).is_ok() {
-                    *cgroup = Cgroup::make(version, &id).ok();
-                }
-            }
-        }
+        let run = config.dir.join("run");
+        clean_up_previous_run(&run, cgroups);
+        let spares = Spares::new(config.agent.clone(), cgroups, run);
+        LinuxDriver { config, cgroups, etc, spares, attached: Mutex::default() }
     }
 
     /// The cgroup version in use, if any.
@@ -154,8 +108,9 @@ impl SandboxDriver for LinuxDriver {
                 workspace
             }
         };
-        // A cgroup made ahead of need, if there is one: making it is most of its cost.
-        let made = self.spare_cgroup.lock().expect("spare cgroup lock").take();
+        // Made ahead of need, if there is one: a supervisor whose PID 1 waits
+        // in its namespaces, in a cgroup without limits yet.
+        let Spare { child: supervisor, cgroup: made } = self.spares.take_or_make()?;
         let id = made.as_ref().map(|c| c.name().to_owned()).unwrap_or_else(new_id);
         let run = self.config.dir.join("run").join(&id);
         let new_root = run.join("r");
@@ -224,13 +179,13 @@ impl SandboxDriver for LinuxDriver {
             workspace: workspace.clone(),
             _gateway: serving,
         };
-        let started = match send_config(self.supervisor()?, &config).await {
+        let started = match send_config(supervisor, &config).await {
             Ok(child) => await_ready(child).await,
             Err(e) => Err(e),
         };
-        // After, not during: on a small machine the next supervisor's start
+        // After, not during: on a small machine the next spare's making
         // would take CPU from this one's setup.
-        self.refill_spare();
+        self.spares.refill();
         let (child, pid) = match started {
             Ok(started) => started,
             Err(e) => {
@@ -244,10 +199,7 @@ impl SandboxDriver for LinuxDriver {
     }
 
     async fn release_workspaces(&self) {
-        if let Some(cg) = self.spare_cgroup.lock().expect("spare cgroup lock").take() {
-            cg.destroy();
-            let _ = std::fs::remove_dir_all(self.config.dir.join("run").join(cg.name()));
-        }
+        self.spares.release();
         self.attached.lock().expect("attached workspaces lock").clear();
         let root = self.workspaces();
         let _ = tokio::task::spawn_blocking(move || Workspace::release_all(&root)).await;
@@ -280,6 +232,19 @@ impl SandboxDriver for LinuxDriver {
     }
 }
 
+/// Removes what sandboxes of a previous run of this node left under `run`:
+/// their processes died with it, but cgroups and run directories stay.
+fn clean_up_previous_run(run: &Path, cgroups: Option<CgroupVersion>) {
+    let Ok(entries) = std::fs::read_dir(run) else { return };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if let Some(version) = cgroups {
+            Cgroup::existing(version, &id).destroy();
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+}
+
 /// Copies the host's `/etc` entries sandboxes see into `dir` (fresh at
 /// every start, so it follows the host's updates).
 fn prepare_etc(dir: &Path) -> std::io::Result<PathBuf> {
@@ -295,25 +260,6 @@ fn prepare_etc(dir: &Path) -> std::io::Result<PathBuf> {
         return Err(std::io::Error::other(format!("cp: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(dir.to_owned())
-}
-
-/// A new sandbox id.
-fn new_id() -> String {
-    format!("sbx{:08x}", fastrand::u32(..))
-}
-
-/// Starts a supervisor that waits for its config on stdin.
-fn spawn_supervisor(agent: &[String]) -> Result<Child, SandboxError> {
-    let (program, args) = agent.split_first().ok_or_else(|| SandboxError::Setup("no sandbox agent program configured".into()))?;
-    Command::new(program)
-        .args(args)
-        .args(["sandbox", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| SandboxError::Setup(format!("start the sandbox agent {program:?}: {e}")))
 }
 
 /// Hands `config` to a supervisor.

@@ -23,7 +23,7 @@ pub use bridge::BridgeConfig;
 pub use mounts::ETC_ENTRIES;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -84,7 +84,7 @@ pub struct Ready {
 /// process is single-threaded (it clones).
 pub fn supervise(config: &SandboxConfig) -> i32 {
     match harden::seccomp_filters() {
-        Ok(filters) => supervise_with(config, &filters),
+        Ok(filters) => supervise_with(|| Ok(config.clone()), &[], &filters),
         Err(error) => {
             report(Ready { ready: false, pid: None, error: Some(error) });
             1
@@ -100,13 +100,26 @@ fn report(ready: Ready) {
     let _ = out.flush();
 }
 
-fn supervise_with(config: &SandboxConfig, filters: &harden::Filters) -> i32 {
+/// Clones PID 1, gets the config from `config`, then supervises. PID 1 is
+/// cloned first, before the config exists: making the namespaces is the
+/// costliest step of a start, and a supervisor started ahead of need does
+/// it ahead of need too.
+/// PID 1 joins the cgroups whose `cgroup.procs` files are in `ahead` before
+/// the config comes (moving a process between cgroups can take a while).
+fn supervise_with(config: impl FnOnce() -> Result<SandboxConfig, Option<String>>, ahead: &[PathBuf], filters: &harden::Filters) -> i32 {
     // Die with the runtime: a SIGKILLed runtime leaves no sandbox behind.
     let parent = nix::unistd::getppid();
     if die_with_parent().is_err() || nix::unistd::getppid() != parent {
         return 1;
     }
-    match start(config, filters) {
+    let started = prestart(filters, ahead).and_then(|pending| match config() {
+        Ok(config) => pending.finish(&config),
+        Err(error) => {
+            pending.abandon();
+            Err(error.unwrap_or_default())
+        }
+    });
+    match started {
         Ok(child) => {
             report(Ready { ready: true, pid: Some(child.as_raw()), error: None });
             loop {
@@ -118,6 +131,8 @@ fn supervise_with(config: &SandboxConfig, filters: &harden::Filters) -> i32 {
                 }
             }
         }
+        // No config at all (the runtime let its spare go): nothing to report.
+        Err(error) if error.is_empty() => 1,
         Err(error) => {
             report(Ready { ready: false, pid: None, error: Some(error) });
             1
@@ -127,8 +142,8 @@ fn supervise_with(config: &SandboxConfig, filters: &harden::Filters) -> i32 {
 
 /// Reads a config as one JSON line on stdin, then supervises. A runtime
 /// keeps one such process started ahead, so that a cold start does not
-/// wait for a program to load.
-pub fn supervise_from_stdin() -> i32 {
+/// wait for a program to load nor for namespaces to be made.
+pub fn supervise_from_stdin(ahead: &[PathBuf]) -> i32 {
     let filters = match harden::seccomp_filters() {
         Ok(filters) => filters,
         Err(error) => {
@@ -136,43 +151,58 @@ pub fn supervise_from_stdin() -> i32 {
             return 1;
         }
     };
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
-        return 1;
-    }
-    match serde_json::from_str::<SandboxConfig>(&line) {
-        Ok(config) => supervise_with(&config, &filters),
-        Err(e) => {
-            report(Ready { ready: false, pid: None, error: Some(format!("bad sandbox config: {e}")) });
-            1
+    let read_config = || {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+            return Err(None);
         }
-    }
+        serde_json::from_str::<SandboxConfig>(&line).map_err(|e| Some(format!("bad sandbox config: {e}")))
+    };
+    supervise_with(read_config, ahead, &filters)
 }
 
-/// Clones PID 1 into new namespaces, maps its ids and waits until it
-/// serves; returns its (host) pid.
-fn start(config: &SandboxConfig, filters: &harden::Filters) -> Result<Pid, String> {
-    for procs in &config.cgroup_procs {
-        std::fs::write(procs, std::process::id().to_string()).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
-    }
+/// PID 1 cloned into its namespaces, waiting for its config.
+struct Pending {
+    child: Pid,
+    up: File,
+    down: File,
+    /// The `cgroup.procs` files it has joined already.
+    joined: Vec<PathBuf>,
+}
+
+/// Clones PID 1 into new user, pid, network, IPC and UTS namespaces and
+/// puts it in the cgroups of `ahead`; it waits for its
+/// config (see [`Pending::finish`]).
+fn prestart(filters: &harden::Filters, ahead: &[PathBuf]) -> Result<Pending, String> {
     let (up_read, up_write) = pipe()?;
     let (down_read, down_write) = pipe()?;
+    // The mount and cgroup namespaces are made by PID 1 once its config
+    // comes: a copy of the host's mounts as they are then (the session's
+    // workspace may be mounted in between), and the cgroup it is in then
+    // as the namespace's root.
     let flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWCGROUP;
+        | CloneFlags::CLONE_NEWUTS;
     let mut stack = vec![0u8; 512 * 1024];
     let (up_fd, down_fd) = (up_write.as_raw_fd(), down_read.as_raw_fd());
+    let (theirs_up, theirs_down) = (up_read.as_raw_fd(), down_write.as_raw_fd());
     let pid1 = Box::new(|| {
+        // Its copies of the supervisor's ends go at once: PID 1 must see
+        // the end of its pipe when the supervisor dies before it sends the
+        // config; and it dies with the supervisor from now on.
+        let _ = nix::unistd::close(theirs_up);
+        let _ = nix::unistd::close(theirs_down);
+        if die_with_parent().is_err() {
+            return 1;
+        }
         // SAFETY: in the child these descriptors are owned only by the
         // copies of `up_write`/`down_read`, which are never dropped there
         // (the child exits from `init`); so taking them over is sound, and
         // the supervisor sees the end of the pipe when PID 1 closes it.
         let (up, down) = unsafe { (File::from_raw_fd(up_fd), File::from_raw_fd(down_fd)) };
-        init(config, filters, up, down)
+        init(filters, up, down)
     });
     // SAFETY: the supervisor is single-threaded; the child runs on its own
     // stack in a copy of the address space and never returns into ours.
@@ -180,21 +210,49 @@ fn start(config: &SandboxConfig, filters: &harden::Filters) -> Result<Pid, Strin
         .map_err(|e| format!("clone into new namespaces: {e}"))?;
     drop(up_write);
     drop(down_read);
-    let mut up = File::from(up_read);
-    let mut down = File::from(down_write);
-    let fail = |e: String| {
-        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-        let _ = waitpid(child, None);
-        e
-    };
-    write_id_maps(child, config).map_err(fail)?;
-    down.write_all(b"g").map_err(|e| fail(format!("signal PID 1: {e}")))?;
-    let mut message = String::new();
-    let _ = up.read_to_string(&mut message);
-    match message.lines().next() {
-        Some("r") => Ok(child),
-        Some(line) if line.starts_with('e') => Err(fail(line[1..].to_owned())),
-        _ => Err(fail("the sandbox exited during setup".into())),
+    let pending = Pending { child, up: File::from(up_read), down: File::from(down_write), joined: Vec::new() };
+    let mut joined = Vec::new();
+    for procs in ahead {
+        if let Err(e) = std::fs::write(procs, child.to_string()) {
+            pending.abandon();
+            return Err(format!("join cgroup {}: {e}", procs.display()));
+        }
+        joined.push(procs.clone());
+    }
+    Ok(Pending { joined, ..pending })
+}
+
+impl Pending {
+    /// Puts PID 1 in its cgroups, maps its ids, hands it the config and
+    /// waits until it serves; returns its (host) pid.
+    fn finish(mut self, config: &SandboxConfig) -> Result<Pid, String> {
+        let child = self.child;
+        let fail = |e: String| {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            e
+        };
+        for procs in config.cgroup_procs.iter().filter(|p| !self.joined.contains(p)) {
+            std::fs::write(procs, child.to_string()).map_err(|e| fail(format!("join cgroup {}: {e}", procs.display())))?;
+        }
+        write_id_maps(child, config).map_err(fail)?;
+        let mut json = serde_json::to_vec(config).map_err(|e| fail(e.to_string()))?;
+        json.push(b'\n');
+        self.down.write_all(&json).map_err(|e| fail(format!("signal PID 1: {e}")))?;
+        drop(self.down);
+        let mut message = String::new();
+        let _ = self.up.read_to_string(&mut message);
+        match message.lines().next() {
+            Some("r") => Ok(child),
+            Some(line) if line.starts_with('e') => Err(fail(line[1..].to_owned())),
+            _ => Err(fail("the sandbox exited during setup".into())),
+        }
+    }
+
+    /// Ends PID 1 unused.
+    fn abandon(self) {
+        let _ = nix::sys::signal::kill(self.child, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(self.child, None);
     }
 }
 
@@ -211,16 +269,23 @@ fn write_id_maps(child: Pid, config: &SandboxConfig) -> Result<(), String> {
     std::fs::write(format!("{proc}/gid_map"), format!("0 {gid} 1\n")).map_err(|e| format!("gid_map: {e}"))
 }
 
-/// PID 1, in the new namespaces: waits for its id maps, becomes root
-/// there, builds the filesystem, binds the socket, hardens, reports ready
-/// (closing the pipe, so the supervisor stops reading) and serves.
-fn init(config: &SandboxConfig, filters: &harden::Filters, mut up: File, mut down: File) -> isize {
-    let mut go = [0u8; 1];
-    if down.read_exact(&mut go).is_err() {
+/// PID 1, in the new namespaces: waits for its config (sent once it is in
+/// its cgroups and its id maps are written), makes its mount and cgroup
+/// namespaces,
+/// becomes root there, builds the filesystem, binds the socket, hardens,
+/// reports ready (closing the pipe, so the supervisor stops reading) and
+/// serves.
+fn init(filters: &harden::Filters, mut up: File, down: File) -> isize {
+    let mut line = String::new();
+    if std::io::BufReader::new(down).read_line(&mut line).is_err() {
         return 1;
     }
-    drop(down);
-    let listener = match become_root().and_then(|()| prepare(config, filters)) {
+    let Ok(config) = serde_json::from_str::<SandboxConfig>(&line) else { return 1 };
+    let set_up = nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| format!("unshare the mount and cgroup namespaces: {e}"))
+        .and_then(|()| become_root())
+        .and_then(|()| prepare(&config, filters));
+    let listener = match set_up {
         Ok(listener) => listener,
         Err(msg) => {
             let _ = up.write_all(format!("e{}\n", msg.replace('\n', " ")).as_bytes());
