@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs a command as root in a QEMU virtual machine whose kernel has cgroup v2
 # only (no v1 hierarchy is ever mounted, so every controller is v2's), over
-# this host's file system shared read-only through 9p, with a tmpfs /tmp.
+# this host's file system shared read-only through 9p. Writable scratch is
+# a tmpfs at /run, with TMPDIR=/run/tmp (the host's /tmp stays visible, as
+# the caller's files may be there).
 # The tests use it to run the cgroup v2 code path on hosts that have v1.
 # Software emulation (TCG): slow to boot, but it needs no KVM.
 #
@@ -54,10 +56,9 @@ $bb mount -t devtmpfs dev $n/dev
 $bb mkdir -p $n/dev/shm $n/dev/pts
 $bb mount -t tmpfs shm $n/dev/shm
 $bb mount -t cgroup2 cgroup2 $n/sys/fs/cgroup
-$bb mount -t tmpfs tmp $n/tmp
 $bb mount -t tmpfs run $n/run
 # Not chroot: a process in a chroot may not make user namespaces.
-exec $bb switch_root $n /bin/busybox sh -c "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp; modprobe loop; modprobe ext4; . $run; echo \"agentrt-vm: exit \$?\"; /bin/busybox poweroff -f"
+exec $bb switch_root $n /bin/busybox sh -c "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/run TMPDIR=/run/tmp; mkdir -p /run/tmp; modprobe loop; modprobe ext4; . $run; echo \"agentrt-vm: exit \$?\"; /bin/busybox poweroff -f"
 INIT
     chmod +x "$root/init"
     (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd.partial"
