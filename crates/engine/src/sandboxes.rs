@@ -33,20 +33,22 @@ impl EngineLog {
         let id = SessionId::parse(session).ok_or_else(|| SandboxError::Internal(format!("bad session id {session:?}")))?;
         Ok((inner, id))
     }
+}
 
-    async fn append(&self, session: &str, precondition: Option<Precondition>, data: EventData) -> Result<(), StoreError> {
-        let Ok((inner, id)) = self.target(session) else { return Ok(()) };
-        let req = AppendRequest { session_id: id.clone(), fence: Fence::Client, precondition, events: vec![data.into()] };
-        let events = inner.store.append(req).await?;
-        inner.hub.publish(&id, &events);
-        Ok(())
-    }
+/// Appends one event to a session's log and hands it to its readers.
+async fn append(inner: &Inner, id: &SessionId, precondition: Option<Precondition>, data: EventData) -> Result<(), StoreError> {
+    let req = AppendRequest { session_id: id.clone(), fence: Fence::Client, precondition, events: vec![data.into()] };
+    let events = inner.store.append(req).await?;
+    inner.hub.publish(id, &events);
+    Ok(())
 }
 
 #[async_trait]
 impl SessionLog for EngineLog {
     async fn record(&self, session: &str, event: EventData) {
-        if let Err(e) = self.append(session, None, event).await {
+        // An engine that has stopped records nothing more.
+        let Ok((inner, id)) = self.target(session) else { return };
+        if let Err(e) = append(&inner, &id, None, event).await {
             tracing::warn!(session, error = %e, "sandbox event not recorded");
         }
     }
@@ -58,7 +60,9 @@ impl SessionLog for EngineLog {
     }
 
     async fn record_saved(&self, session: &str, base: u64, saved: WorkspaceSaved) -> Result<bool, SandboxError> {
-        match self.append(session, Some(Precondition::WorkspaceGeneration(base)), EventData::WorkspaceSaved(saved)).await {
+        // Not recorded is not saved: the caller must not take this generation as its base.
+        let (inner, id) = self.target(session)?;
+        match append(&inner, &id, Some(Precondition::WorkspaceGeneration(base)), EventData::WorkspaceSaved(saved)).await {
             Ok(()) => Ok(true),
             Err(StoreError::PreconditionFailed(_)) => Ok(false),
             Err(e) => Err(SandboxError::Internal(format!("record the saved workspace: {e}"))),

@@ -100,10 +100,8 @@ impl SandboxDriver for LinuxDriver {
             Some(workspace) => workspace,
             None => {
                 let (root, name, disk) = (self.workspaces(), session.to_owned(), spec.disk_mb);
-                let workspace = tokio::task::spawn_blocking(move || Workspace::open(&root, &name, disk, uid, uid))
-                    .await
-                    .map_err(|e| setup("workspace", &e))?
-                    .map_err(|e| setup("workspace", &e))?;
+                let workspace =
+                    blocking("workspace", move || Workspace::open(&root, &name, disk, uid, uid)).await.map_err(SandboxError::Setup)?;
                 self.attached.lock().expect("attached workspaces lock").insert(session.to_owned(), workspace.clone());
                 workspace
             }
@@ -207,28 +205,28 @@ impl SandboxDriver for LinuxDriver {
 
     async fn export_workspace(&self, session: &str, dest: &Path) -> Result<(), SandboxError> {
         let (root, name, dest) = (self.workspaces(), session.to_owned(), dest.to_owned());
-        tokio::task::spawn_blocking(move || Workspace::export(&root, &name, &dest))
-            .await
-            .map_err(|e| SandboxError::Internal(e.to_string()))?
-            .map_err(|e| SandboxError::Internal(format!("export workspace: {e}")))
+        blocking("export workspace", move || Workspace::export(&root, &name, &dest)).await.map_err(SandboxError::Internal)
     }
 
     async fn import_workspace(&self, session: &str, image: &Path) -> Result<(), SandboxError> {
         self.attached.lock().expect("attached workspaces lock").remove(session);
         let (root, name, image) = (self.workspaces(), session.to_owned(), image.to_owned());
-        tokio::task::spawn_blocking(move || Workspace::replace(&root, &name, &image))
-            .await
-            .map_err(|e| SandboxError::Internal(e.to_string()))?
-            .map_err(|e| SandboxError::Setup(format!("import workspace: {e}")))
+        blocking("import workspace", move || Workspace::replace(&root, &name, &image)).await.map_err(SandboxError::Setup)
     }
 
     async fn delete_workspace(&self, session: &str) -> Result<(), SandboxError> {
         self.attached.lock().expect("attached workspaces lock").remove(session);
         let (root, name) = (self.workspaces(), session.to_owned());
-        tokio::task::spawn_blocking(move || Workspace::delete(&root, &name))
-            .await
-            .map_err(|e| SandboxError::Internal(e.to_string()))?
-            .map_err(|e| SandboxError::Internal(format!("delete workspace: {e}")))
+        blocking("delete workspace", move || Workspace::delete(&root, &name)).await.map_err(SandboxError::Internal)
+    }
+}
+
+/// Runs a blocking workspace operation off the async threads; its error
+/// reads "`what`: …".
+async fn blocking<T: Send + 'static>(what: &str, op: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T, String> {
+    match tokio::task::spawn_blocking(op).await {
+        Ok(result) => result.map_err(|e| format!("{what}: {e}")),
+        Err(e) => Err(format!("{what}: {e}")),
     }
 }
 
@@ -333,9 +331,9 @@ impl Sandbox for LinuxSandbox {
         // so the copy is a consistent image of the file system.
         self.freeze(true).await?;
         let (workspace, dest) = (self.workspace.clone(), dest.to_owned());
-        let copied = tokio::task::spawn_blocking(move || workspace.snapshot(&dest)).await;
+        let copied = blocking("snapshot", move || workspace.snapshot(&dest)).await;
         self.freeze(false).await?;
-        copied.map_err(|e| SandboxError::Internal(e.to_string()))?.map_err(|e| SandboxError::Internal(format!("snapshot: {e}")))
+        copied.map_err(SandboxError::Internal)
     }
 
     async fn destroy(&self) {

@@ -90,10 +90,7 @@ impl Workspace {
     pub fn replace(root: &Path, session: &str, image: &Path) -> io::Result<()> {
         let base = root.join(session);
         fs::create_dir_all(&base)?;
-        let mnt = base.join("mnt");
-        if mnt.exists() && is_mountpoint(&mnt)? {
-            run(Command::new("umount").arg(&mnt))?;
-        }
+        unmount(&base.join("mnt"))?;
         let target = base.join("disk.img");
         if fs::rename(image, &target).is_err() {
             // Another file system: copy, keeping the holes.
@@ -108,11 +105,8 @@ impl Workspace {
     pub fn release_all(root: &Path) {
         let Ok(entries) = fs::read_dir(root) else { return };
         for entry in entries.flatten() {
-            let mnt = entry.path().join("mnt");
-            if mnt.exists() && is_mountpoint(&mnt).unwrap_or(false) {
-                if let Err(e) = run(Command::new("umount").arg(&mnt)) {
-                    tracing::warn!(error = %e, "workspace not released");
-                }
+            if let Err(e) = unmount(&entry.path().join("mnt")) {
+                tracing::warn!(error = %e, "workspace not released");
             }
         }
     }
@@ -120,15 +114,20 @@ impl Workspace {
     /// Unmounts (if mounted) and deletes the workspace for good.
     pub fn delete(root: &Path, session: &str) -> io::Result<()> {
         let base = root.join(session);
-        let mnt = base.join("mnt");
-        if mnt.exists() && is_mountpoint(&mnt)? {
-            run(Command::new("umount").arg(&mnt))?;
-        }
+        unmount(&base.join("mnt"))?;
         match fs::remove_dir_all(&base) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
+}
+
+/// Unmounts what is mounted at `mnt`, if anything is.
+fn unmount(mnt: &Path) -> io::Result<()> {
+    if mnt.exists() && is_mountpoint(mnt)? {
+        run(Command::new("umount").arg(mnt))?;
+    }
+    Ok(())
 }
 
 /// Whether `dir` is the mount point of something (per /proc/self/mountinfo).
